@@ -1,0 +1,40 @@
+# Squall: see README.md. Every target sets up what it needs first.
+PY := .venv/bin/python
+PROTO_OUT := proto/squall_pb2.py proto/squall_pb2_grpc.py proto/squall_pb2.pyi
+
+.PHONY: setup proto up down status logs test bench clean
+
+setup:
+	@scripts/bootstrap.sh
+
+proto: $(PROTO_OUT)
+
+$(PROTO_OUT) &: proto/squall.proto
+	@echo "[squall] generating gRPC code from proto/squall.proto"
+	@$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. proto/squall.proto
+
+# Set up, start everything, and invoke a sample action.
+up: setup
+	@$(PY) -m squall.stack up
+	@$(PY) -m squall.demo
+
+down:
+	@$(PY) -m squall.stack down
+
+status:
+	@$(PY) -m squall.stack status
+
+logs:
+	@$(PY) -m squall.stack logs $(C)
+
+# Set up, start the stack (if it is not running) and run every test against it.
+test: setup
+	@$(PY) -m squall.stack up
+	@scripts/run-tests.sh
+
+bench: setup
+	@$(PY) -m squall.stack up
+	@$(PY) -m loadtest.bench
+
+clean: down
+	rm -rf .squall

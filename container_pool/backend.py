@@ -1,0 +1,55 @@
+"""The container engine seen by the pool: one Protocol, implemented per engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: str
+    memory_mb: int
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    pids_limit: int = 1024
+
+
+@dataclass(frozen=True)
+class ContainerHandle:
+    id: str
+    name: str
+    address: str          # "ip:port" of the action proxy
+
+
+@dataclass(frozen=True)
+class LogLine:
+    time: str             # RFC 3339 with nanoseconds, as the engine stamps it
+    stream: str           # "stdout" or "stderr"
+    text: str
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+
+
+class ContainerBackend(Protocol):
+    async def create(self, spec: ContainerSpec) -> ContainerHandle:
+        """Create and start a container; returns once it has an address."""
+
+    async def pause(self, handle: ContainerHandle) -> None: ...
+
+    async def unpause(self, handle: ContainerHandle) -> None: ...
+
+    async def remove(self, handle: ContainerHandle) -> None:
+        """Remove the container, killing it if needed; removing a gone container is not an error."""
+
+    async def logs(self, handle: ContainerHandle, since: str | None) -> list[LogLine]:
+        """Lines written after `since` (a LogLine.time), in order; all when since is None."""
+
+    async def inspect(self, handle: ContainerHandle) -> ExitInfo: ...
+
+    async def list(self, labels: dict[str, str]) -> list[ContainerHandle]:
+        """Containers (running or not) carrying all these labels."""

@@ -1,0 +1,309 @@
+"""The container pool: runs jobs in containers, reusing warm ones, within a memory budget.
+
+A job asks for a container that serves its ActionKey. In order of preference it
+gets a warm one (idle, or paused and then unpaused), else a new one (cold) if
+the budget allows, else the least recently used idle containers of other
+actions are removed to make room, else it waits until a container is released.
+Memory of a container counts from the moment it is planned until its removal
+has finished, so the budget is never exceeded, even for a moment.
+
+Outcomes are reported, not interpreted: the invoker turns them into OpenWhisk's
+activation responses.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from container_pool.backend import ContainerBackend, ContainerSpec, LogLine
+from container_pool.container import ActionKey, PooledContainer, State
+from container_pool.proxy_client import ProxyClient, ProxyReply, ProxyTimeout, ProxyUnreachable
+from container_pool.runtimes import LOG_SENTINEL
+from squall.config import PoolConfig
+
+log = logging.getLogger(__name__)
+
+MANAGED_LABEL = "squall.managed"
+INVOKER_LABEL = "squall.invoker"
+
+
+@dataclass(frozen=True)
+class Job:
+    key: ActionKey
+    kind: str               # what a container must have been started for (runtime kind or image)
+    image: str
+    init_body: bytes        # the /init request, sent once per container
+    run_body: bytes         # the /run request
+    timeout_s: float        # the action's time limit (init and run each)
+    concurrency: int = 1    # activations one container may run at once
+    log_limit_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass
+class Outcome:
+    start: str                      # "cold", "warm" or "unpaused"
+    error: str | None = None        # None, "init_failed", "timeout", "oom", "crashed"
+    init_ms: int | None = None      # present when the code was initialized for this job
+    init_reply: ProxyReply | None = None
+    run_reply: ProxyReply | None = None
+    run_start_ms: int = 0           # epoch ms
+    run_end_ms: int = 0
+    logs: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ContainerPool:
+    def __init__(self, backend: ContainerBackend, client: ProxyClient, config: PoolConfig,
+                 user_memory_mb: int, invoker_id: int):
+        self._backend = backend
+        self._client = client
+        self._config = config
+        self._capacity = user_memory_mb
+        self._invoker = str(invoker_id)
+        self._containers: list[PooledContainer] = []
+        self._changed = asyncio.Condition()
+        self._names = itertools.count()
+        self._tasks: set[asyncio.Task] = set()
+        self._reaper: asyncio.Task | None = None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {MANAGED_LABEL: "true", INVOKER_LABEL: self._invoker}
+
+    # Life of the pool
+
+    async def start(self) -> None:
+        """Remove orphans a crashed predecessor with this invoker id left behind."""
+        orphans = await self._backend.list(self.labels)
+        if orphans:
+            log.info("removing %d orphaned containers", len(orphans))
+            await asyncio.gather(*(self._backend.remove(h) for h in orphans), return_exceptions=True)
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def stop(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(self._remove(c) for c in list(self._containers)), return_exceptions=True)
+        await self._client.close()
+
+    def used_mb(self) -> int:
+        return sum(c.memory_mb for c in self._containers)
+
+    def snapshot(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self._containers:
+            counts[c.state.value] = counts.get(c.state.value, 0) + 1
+        return counts
+
+    # Running a job
+
+    async def run(self, job: Job) -> Outcome:
+        container, start = await self._acquire(job)
+        outcome = Outcome(start=start)
+        try:
+            if container.state is State.INITIALIZING:
+                if not await self._initialize(container, job, outcome):
+                    return outcome
+            await self._run(container, job, outcome)
+            return outcome
+        finally:
+            await self._release(container, healthy=outcome.error in (None,))
+
+    async def _acquire(self, job: Job) -> tuple[PooledContainer, str]:
+        async with self._changed:
+            while True:
+                warm = self._find_warm(job.key)
+                if warm is not None:
+                    start = "unpaused" if warm.state is State.PAUSED else "warm"
+                    was_paused = warm.state is State.PAUSED
+                    if warm.state is not State.BUSY:
+                        warm.move(State.BUSY)
+                    warm.active += 1
+                    warm.last_used = time.monotonic()
+                    break
+                if self._make_room(job.key.memory_mb):
+                    warm = PooledContainer(kind=job.kind, memory_mb=job.key.memory_mb, max_concurrent=job.concurrency)
+                    self._containers.append(warm)
+                    start, was_paused = "cold", False
+                    break
+                await self._changed.wait()
+        if was_paused:
+            async with warm.lock:
+                await self._backend.unpause(warm.handle)
+        elif start == "cold":
+            await self._start(warm, job)
+        return warm, start
+
+    def _find_warm(self, key: ActionKey) -> PooledContainer | None:
+        candidates = [c for c in self._containers if c.action == key and c.can_take_more]
+        # Prefer a running container over a paused one, then the most recently used.
+        return max(candidates, key=lambda c: (c.state is not State.PAUSED, c.last_used), default=None)
+
+    def _make_room(self, memory_mb: int) -> bool:
+        """True if memory_mb fits now, after removing least recently used idle containers if needed."""
+        free = self._capacity - self.used_mb()
+        if free >= memory_mb:
+            return True
+        idle = sorted((c for c in self._containers if c.state in (State.IDLE, State.PAUSED)),
+                      key=lambda c: c.last_used)
+        reclaimable = sum(c.memory_mb for c in idle)
+        if free + reclaimable < memory_mb:
+            return False
+        for victim in idle:
+            if free >= memory_mb:
+                break
+            victim.move(State.REMOVING)
+            free += victim.memory_mb
+            self._spawn(self._remove(victim))
+        return False   # the memory frees when the removals finish; the waiter is then woken
+
+    async def _start(self, container: PooledContainer, job: Job) -> None:
+        name = f"squall-{self._invoker}-{next(self._names)}-{secrets.token_hex(3)}"
+        try:
+            container.handle = await self._backend.create(ContainerSpec(
+                image=job.image, memory_mb=job.key.memory_mb, name=name,
+                labels=self.labels, pids_limit=self._config.pids_limit))
+        except Exception:
+            container.move(State.REMOVING)
+            await self._forget(container)
+            raise
+        container.move(State.INITIALIZING)
+
+    async def _initialize(self, container: PooledContainer, job: Job, outcome: Outcome) -> bool:
+        started = time.monotonic()
+        try:
+            reply = await self._client.post(container.handle.address, "/init", job.init_body,
+                                            timeout_s=max(job.timeout_s, self._config.start_timeout_s),
+                                            connect_retry_s=self._config.start_timeout_s)
+        except ProxyTimeout:
+            outcome.error, outcome.detail = "timeout", "init"
+        except ProxyUnreachable as exc:
+            outcome.error, outcome.detail = await self._diagnose(container), str(exc)
+        else:
+            outcome.init_ms = int((time.monotonic() - started) * 1000)
+            if reply.status == 200:
+                container.action = job.key
+                container.move(State.BUSY)
+                container.active = 1
+                return True
+            outcome.error, outcome.init_reply = "init_failed", reply
+        outcome.init_ms = int((time.monotonic() - started) * 1000)
+        outcome.logs = await self._collect_logs(container, job, wait_for_sentinels=False)
+        return False
+
+    async def _run(self, container: PooledContainer, job: Job, outcome: Outcome) -> None:
+        outcome.run_start_ms = _now_ms()
+        try:
+            outcome.run_reply = await self._client.post(container.handle.address, "/run", job.run_body, job.timeout_s)
+        except ProxyTimeout:
+            outcome.error = "timeout"
+        except ProxyUnreachable as exc:
+            outcome.error, outcome.detail = await self._diagnose(container), str(exc)
+        outcome.run_end_ms = _now_ms()
+        outcome.logs = await self._collect_logs(container, job, wait_for_sentinels=outcome.error is None)
+
+    async def _diagnose(self, container: PooledContainer) -> str:
+        info = await self._backend.inspect(container.handle)
+        # The OOMKilled flag is not reliable on every engine; exit 137 (SIGKILL) is.
+        return "oom" if info.oom_killed or info.exit_code == 137 else "crashed"
+
+    async def _collect_logs(self, container: PooledContainer, job: Job, wait_for_sentinels: bool) -> list[str]:
+        """This activation's log lines: up to the sentinel on stdout and on stderr."""
+        deadline = time.monotonic() + (self._config.log_wait_s if wait_for_sentinels else 0)
+        lines: list[str] = []
+        seen: set[str] = set()
+        size, truncated = 0, False
+        while True:
+            try:
+                batch: list[LogLine] = await self._backend.logs(container.handle, container.log_cursor)
+            except Exception as exc:   # logs are best effort; the result matters more
+                log.warning("logs of %s: %s", container.name, exc)
+                batch = []
+            for line in batch:
+                container.log_cursor = line.time
+                if line.text == LOG_SENTINEL:
+                    seen.add(line.stream)
+                    if len(seen) == 2:
+                        break
+                    continue
+                entry = f"{line.time} {line.stream}: {line.text}"
+                size += len(entry)
+                if size > job.log_limit_bytes:
+                    truncated = True
+                    continue
+                lines.append(entry)
+            if len(seen) == 2 or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.005)
+        if truncated:
+            lines.append(f"Logs were truncated because the total bytes size exceeds the limit of {job.log_limit_bytes} bytes.")
+        return lines
+
+    async def _release(self, container: PooledContainer, healthy: bool) -> None:
+        async with self._changed:
+            container.active = max(container.active - 1, 0)
+            if not healthy or container.action is None:
+                if container.state not in (State.REMOVING, State.REMOVED):
+                    container.move(State.REMOVING)
+                    self._spawn(self._remove(container))
+            elif container.active == 0 and container.state is State.BUSY:
+                container.move(State.IDLE)
+                container.last_used = time.monotonic()
+                if self._config.pause_grace_s >= 0:
+                    self._spawn(self._pause_later(container, container.last_used))
+            self._changed.notify_all()
+
+    async def _pause_later(self, container: PooledContainer, used: float) -> None:
+        await asyncio.sleep(self._config.pause_grace_s)
+        async with container.lock:
+            if container.state is not State.IDLE or container.last_used != used:
+                return
+            container.move(State.PAUSED)
+            try:
+                await self._backend.pause(container.handle)
+            except Exception as exc:
+                log.warning("pause of %s failed, removing it: %s", container.name, exc)
+                container.move(State.REMOVING)
+                self._spawn(self._remove(container))
+
+    async def _remove(self, container: PooledContainer) -> None:
+        if container.state is not State.REMOVING:
+            container.move(State.REMOVING)
+        if container.handle is not None:
+            async with container.lock:
+                try:
+                    await self._backend.remove(container.handle)
+                except Exception as exc:
+                    log.warning("removal of %s failed: %s", container.name, exc)
+        await self._forget(container)
+
+    async def _forget(self, container: PooledContainer) -> None:
+        async with self._changed:
+            container.move(State.REMOVED)
+            if container in self._containers:
+                self._containers.remove(container)
+            self._changed.notify_all()
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(max(self._config.idle_timeout_s / 4, 0.1), 10))
+            cutoff = time.monotonic() - self._config.idle_timeout_s
+            for c in list(self._containers):
+                if c.state in (State.IDLE, State.PAUSED) and c.last_used < cutoff:
+                    c.move(State.REMOVING)
+                    self._spawn(self._remove(c))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,46 @@
+"""The controller process: `python -m controller`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from controller.auth import Authenticator
+from controller.service import InvokersService, SquallService
+from controller.waiters import Waiters
+from proto import squall_pb2_grpc as pb_grpc
+from squall import bus, process
+from squall.process import GRPC_OPTIONS
+from squall.config import SquallConfig
+from squall.store import Store
+
+log = logging.getLogger("controller")
+
+
+
+async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
+    store = await Store.connect(cfg.cassandra, create_schema=True)
+    nc = await bus.connect(cfg.nats, "controller")
+    js = nc.jetstream()
+    await bus.ensure_stream(js, cfg.nats)
+    auth = Authenticator(store, cfg.controller.auth_cache_s)
+    if cfg.controller.guest_auth:
+        await auth.ensure_subject("guest", cfg.controller.guest_namespace, cfg.controller.guest_auth)
+    waiters = Waiters()
+
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    pb_grpc.add_SquallServicer_to_server(SquallService(cfg, store, js, auth, waiters), server)
+    pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters), server)
+    server.add_insecure_port(f"{cfg.controller.host}:{cfg.controller.port}")
+    await server.start()
+    log.info("controller listening on %s:%s", cfg.controller.host, cfg.controller.port)
+    await stop.wait()
+    log.info("controller stopping")
+    await server.stop(grace=5)
+    await nc.drain()
+    await store.close()
+
+
+if __name__ == "__main__":
+    process.run("controller", main)

@@ -1,0 +1,32 @@
+"""The edge process: `python -m edge`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from aiohttp import web
+
+from squall.process import GRPC_OPTIONS
+from edge.app import build_app
+from squall import process
+from squall.config import SquallConfig
+
+log = logging.getLogger("edge")
+
+
+async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
+    # One channel for the process: HTTP/2 multiplexes every request over it.
+    channel = grpc.aio.insecure_channel(f"{cfg.controller.host}:{cfg.controller.port}", options=GRPC_OPTIONS)
+    runner = web.AppRunner(build_app(cfg, channel), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, backlog=1024)
+    await site.start()
+    log.info("edge listening on http://%s:%s", cfg.edge.host, cfg.edge.port)
+    await stop.wait()
+    await runner.cleanup()
+    await channel.close()
+
+
+if __name__ == "__main__":
+    process.run("edge", main)

@@ -1,0 +1,148 @@
+"""OpenWhisk REST API v1 over HTTP, forwarded to the controller's gRPC API.
+
+The edge translates and forwards: bodies go through as bytes (the controller
+parses and validates them), answers come back as stored JSON.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Awaitable, Callable
+
+import grpc
+from aiohttp import web
+
+from edge.errors import ACTIVATION_TO_HTTP, error_response, from_grpc
+from proto import squall_pb2 as pb
+from proto import squall_pb2_grpc as pb_grpc
+from squall.config import SquallConfig
+
+API = "/api/v1"
+JSON = "application/json"
+TRUE = ("true", "True", "1", "yes")
+
+STUB = web.AppKey("stub", pb_grpc.SquallStub)
+CONFIG = web.AppKey("config", SquallConfig)
+
+
+def _json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type=JSON)
+
+
+def _meta(request: web.Request) -> tuple[tuple[str, str], ...]:
+    auth = request.headers.get("Authorization")
+    return (("authorization", auth),) if auth else ()
+
+
+def _flag(request: web.Request, name: str, default: bool = False) -> bool:
+    value = request.query.get(name)
+    return default if value is None else value in TRUE
+
+
+def _int(request: web.Request, name: str) -> int:
+    try:
+        return int(request.query.get(name, "0"))
+    except ValueError:
+        return 0
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    code = secrets.token_hex(16)   # OpenWhisk's "code": the transaction id of the request
+    try:
+        return await handler(request)
+    except grpc.aio.AioRpcError as exc:
+        return from_grpc(exc, code)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, f"The request content was too large: {exc.text}", code)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: "The requested resource does not exist.", 405: "Method not allowed."}.get(exc.status, exc.reason)
+        return error_response(exc.status, message, code)
+
+
+async def list_namespaces(request: web.Request) -> web.Response:
+    reply = await request.app[STUB].ListNamespaces(pb.ListNamespacesRequest(), metadata=_meta(request))
+    return _json(reply.list_json)
+
+
+def _ref(request: web.Request) -> pb.EntityRef:
+    m = request.match_info
+    return pb.EntityRef(namespace=m["ns"], collection=m["collection"], name=m.get("name", ""),
+                        code=_flag(request, "code", True))
+
+
+async def put_entity(request: web.Request) -> web.Response:
+    body = await request.read()
+    reply = await request.app[STUB].PutEntity(
+        pb.PutEntityRequest(ref=_ref(request), doc_json=body, overwrite=_flag(request, "overwrite")),
+        metadata=_meta(request))
+    return _json(reply.doc_json)
+
+
+async def get_entity(request: web.Request) -> web.Response:
+    reply = await request.app[STUB].GetEntity(_ref(request), metadata=_meta(request))
+    return _json(reply.doc_json)
+
+
+async def delete_entity(request: web.Request) -> web.Response:
+    reply = await request.app[STUB].DeleteEntity(_ref(request), metadata=_meta(request))
+    return _json(reply.doc_json)
+
+
+async def list_entities(request: web.Request) -> web.Response:
+    m = request.match_info
+    reply = await request.app[STUB].ListEntities(pb.ListEntitiesRequest(
+        namespace=m["ns"], collection=m["collection"], limit=_int(request, "limit"),
+        skip=_int(request, "skip"), count=_flag(request, "count")), metadata=_meta(request))
+    return _json(reply.list_json)
+
+
+async def invoke(request: web.Request) -> web.Response:
+    m = request.match_info
+    blocking = _flag(request, "blocking")
+    body = await request.read()
+    wait_s = request.app[CONFIG].controller.blocking_wait_s
+    reply = await request.app[STUB].Invoke(pb.InvokeRequest(
+        namespace=m["ns"], name=m["name"], params_json=body, blocking=blocking,
+        result_only=_flag(request, "result"), wait_ms=_int(request, "timeout")),
+        metadata=_meta(request), timeout=wait_s + 30)
+    if not reply.done:
+        return _json(json.dumps({"activationId": reply.activation_id}).encode(), 202)
+    status = ACTIVATION_TO_HTTP.get(reply.status_code, 500)
+    return _json(reply.result_json if _flag(request, "result") else reply.activation_json, status)
+
+
+async def get_activation(request: web.Request) -> web.Response:
+    m = request.match_info
+    reply = await request.app[STUB].GetActivation(
+        pb.ActivationRef(namespace=m["ns"], activation_id=m["id"]), metadata=_meta(request))
+    return _json(reply.activation_json)
+
+
+async def api_info(request: web.Request) -> web.Response:
+    return web.json_response({"description": "Squall: an OpenWhisk-compatible serverless platform",
+                              "api_paths": [API], "api_version": "1.0.0"})
+
+
+def build_app(cfg: SquallConfig, channel: grpc.aio.Channel) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=cfg.limits.body_max_bytes)
+    app[STUB] = pb_grpc.SquallStub(channel)
+    app[CONFIG] = cfg
+    ns = API + "/namespaces/{ns}"
+    entity = ns + "/{collection:actions|packages|triggers|rules}"
+    app.router.add_get("/", api_info)
+    app.router.add_get(API, api_info)
+    app.router.add_get(API + "/namespaces", list_namespaces)
+    app.router.add_get(ns + "/activations/{id}", get_activation)
+    app.router.add_get(entity, list_entities)
+    app.router.add_get(entity + "/", list_entities)
+    app.router.add_put(entity + "/{name:.+}", put_entity)
+    app.router.add_get(entity + "/{name:.+}", get_entity)
+    app.router.add_delete(entity + "/{name:.+}", delete_entity)
+    app.router.add_post(ns + "/actions/{name:.+}", invoke)
+    return app

@@ -1,0 +1,43 @@
+"""The one table from controller outcomes to HTTP statuses, and OpenWhisk's error body."""
+from __future__ import annotations
+
+import json
+
+import grpc
+from aiohttp import web
+
+# gRPC status of a failed controller call -> HTTP status.
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 413,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+}
+
+# An activation's response.statusCode -> HTTP status of a blocking invoke (OpenWhisk's):
+# success, application error, action developer error, whisk internal error.
+ACTIVATION_TO_HTTP: dict[int, int] = {0: 200, 1: 502, 2: 502, 3: 500}
+
+MESSAGES_BY_STATUS = {
+    405: "Method not allowed.",
+    503: "The server is currently unavailable (because it is overloaded or down for maintenance).",
+}
+
+
+def error_response(status: int, message: str, code: str) -> web.Response:
+    body = json.dumps({"error": message, "code": code})
+    headers = {"WWW-Authenticate": 'Basic realm="whisk rest service"'} if status == 401 else None
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def from_grpc(exc: grpc.aio.AioRpcError, code: str) -> web.Response:
+    status = GRPC_TO_HTTP.get(exc.code(), 500)
+    message = exc.details() if status != 500 else "An internal error occurred."
+    if status == 503 and exc.code() != grpc.StatusCode.UNAVAILABLE or not message:
+        message = MESSAGES_BY_STATUS.get(status, "An internal error occurred.")
+    return error_response(status, message, code)

@@ -1,0 +1,205 @@
+"""The invoker's work loop: JetStream message in, activation record out.
+
+For each message: load the action (cached by revision), run it through the
+pool, store the record in Cassandra (retrying until it is stored), then ack the
+message and tell the controller. A crash before the ack redelivers the message;
+a redelivered activation whose record exists is not run again.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+import grpc
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.aio.msg import Msg
+
+from container_pool.container import ActionKey
+from container_pool.pool import ContainerPool, Job
+from container_pool.runtimes import resolve
+from invoker import records
+from invoker.records import ActionInfo
+from proto import squall_pb2 as pb
+from proto import squall_pb2_grpc as pb_grpc
+from squall.bus import invoker_subject
+from squall.config import SquallConfig
+from squall.store import Store, revision
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Invoker:
+    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, pool: ContainerPool):
+        self._cfg = cfg
+        self._store = store
+        self._js = js
+        self._pool = pool
+        self._id = cfg.invoker.id
+        self._actions: dict[tuple[str, str], tuple[str, dict]] = {}
+        self._controllers: dict[str, pb_grpc.InvokersStub] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        cfg = self._cfg
+        durable = f"invoker{self._id}"
+        sub = await self._js.pull_subscribe(
+            invoker_subject(cfg.nats, self._id), durable=durable, stream=cfg.nats.stream,
+            config=ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=cfg.invoker.ack_wait_s,
+                max_ack_pending=cfg.invoker.max_concurrent,
+                max_deliver=-1,
+            ))
+        slot_freed = asyncio.Event()
+        log.info("invoker %s consuming %s", self._id, invoker_subject(cfg.nats, self._id))
+        while not stop.is_set():
+            free = cfg.invoker.max_concurrent - len(self._tasks)
+            if free <= 0:
+                slot_freed.clear()
+                await slot_freed.wait()
+                continue
+            try:
+                msgs = await sub.fetch(batch=free, timeout=1.0)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except Exception as exc:   # NATS restarting: wait and fetch again
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._tasks.add(task)
+                task.add_done_callback(lambda t: (self._tasks.discard(t), slot_freed.set()))
+        # Let running activations finish and be recorded before the process ends.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=cfg.limits.timeout_max_ms / 1000 + 10)
+        for channel in self._channels:
+            await channel.close()
+
+    async def _handle(self, msg: Msg) -> None:
+        am = pb.ActivationMessage.FromString(msg.data)
+        ticker = asyncio.create_task(_keep_alive(msg, self._cfg.invoker.ack_wait_s / 3))
+        try:
+            record = None
+            if msg.metadata.num_delivered > 1:
+                record = await self._store.get_activation(am.activation_id)
+            if record is None:
+                record = await self._activate(am)
+                await self._store_record(record, am.activation_id)
+            await msg.ack()
+        except Exception:
+            log.exception("activation failed", extra={"activation_id": am.activation_id})
+            return
+        finally:
+            ticker.cancel()
+        await self._complete(am, record)
+
+    async def _activate(self, am: pb.ActivationMessage) -> dict:
+        started = _now_ms()
+        action = await self._action(am)
+        if action is None:
+            info = ActionInfo(am.namespace, am.name, "0.0.1", "unknown", {})
+            resp = records.response(records.APPLICATION_ERROR, {"error": "The requested resource does not exist."})
+            return records.record(am, info, resp, None, started, _now_ms())
+        exec_ = action["exec"]
+        limits = action["limits"]
+        info = ActionInfo(am.namespace, am.name, action["version"], exec_["kind"], limits, action.get("publish", False))
+        params = {p["key"]: p["value"] for p in action.get("parameters", [])}
+        params.update(json.loads(am.params_json or b"{}"))
+        job = self._job(am, action, params)
+        if job is None:
+            resp = records.response(records.DEVELOPER_ERROR, {"error": f"Unsupported kind '{exec_['kind']}'."})
+            return records.record(am, info, resp, None, started, _now_ms())
+        try:
+            outcome = await self._pool.run(job)
+        except Exception as exc:
+            log.exception("container failure", extra={"activation_id": am.activation_id})
+            resp = records.response(records.WHISK_ERROR, {"error": f"Failed to run the action: {exc}"})
+            return records.record(am, info, resp, None, started, _now_ms())
+        resp = records.interpret(outcome, limits["timeout"], self._cfg.limits.payload_max_bytes)
+        start = outcome.run_start_ms - (outcome.init_ms or 0) if outcome.run_start_ms else started
+        end = outcome.run_end_ms or _now_ms()
+        return records.record(am, info, resp, outcome, start, end)
+
+    def _job(self, am: pb.ActivationMessage, action: dict, params: dict) -> Job | None:
+        exec_ = action["exec"]
+        limits = action["limits"]
+        if exec_["kind"] == "blackbox":
+            image, kind = exec_["image"], "blackbox:" + exec_["image"]
+        else:
+            runtime = resolve(exec_["kind"])
+            if runtime is None:
+                return None
+            image, kind = runtime.image, runtime.kind
+        fqn = f"/{am.namespace}/{am.name}"
+        deadline = _now_ms() + limits["timeout"]
+        init = {"value": {
+            "name": am.name, "main": exec_.get("main", "main"), "code": exec_.get("code", ""),
+            "binary": exec_.get("binary", False), "env": {}}}
+        run = {
+            "value": params, "namespace": am.user_namespace, "action_name": fqn,
+            "action_version": action["version"], "activation_id": am.activation_id,
+            "transaction_id": am.transaction_id, "deadline": str(deadline), "api_key": am.api_key,
+        }
+        return Job(
+            key=ActionKey(am.namespace, am.name, am.revision, limits["memory"]),
+            kind=kind, image=image,
+            init_body=json.dumps(init).encode(), run_body=json.dumps(run).encode(),
+            timeout_s=limits["timeout"] / 1000, concurrency=limits.get("concurrency", 1),
+            log_limit_bytes=limits.get("logs", 10) * 1024 * 1024,
+        )
+
+    async def _action(self, am: pb.ActivationMessage) -> dict | None:
+        key = (am.namespace, am.name)
+        cached = self._actions.get(key)
+        if cached and cached[0] == am.revision:
+            return cached[1]
+        doc = await self._store.get_entity(am.namespace, "actions", am.name)
+        if doc is not None:
+            self._actions[key] = (revision(doc), doc)
+        return doc
+
+    async def _store_record(self, record: dict, activation_id: str) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._store.put_activation(record)
+                return
+            except Exception as exc:   # Cassandra down or slow: keep the message unacked and retry
+                log.warning("storing the record failed, retrying in %.1fs: %s", delay, exc,
+                            extra={"activation_id": activation_id})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _complete(self, am: pb.ActivationMessage, record: dict) -> None:
+        if not am.controller:
+            return
+        stub = self._controllers.get(am.controller)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(am.controller)
+            self._channels.append(channel)
+            stub = self._controllers[am.controller] = pb_grpc.InvokersStub(channel)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await stub.Complete(pb.Completion(
+                activation_id=am.activation_id, invoker=self._id,
+                activation_json=json.dumps(record, separators=(",", ":")).encode()), timeout=5)
+
+
+async def _keep_alive(msg: Msg, every: float) -> None:
+    """Tell JetStream the message is still being worked on, so it is not redelivered meanwhile."""
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()

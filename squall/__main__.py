@@ -1,0 +1,5 @@
+import sys
+
+from squall.stack import main
+
+sys.exit(main())

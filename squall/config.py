@@ -1,0 +1,192 @@
+"""Squall's configuration: typed dataclasses, defaults documented once, here.
+
+Every field can be overridden by an environment variable named
+SQUALL_<SECTION>_<FIELD> in upper case, e.g. SQUALL_EDGE_PORT=3233 or
+SQUALL_NATS_SERVERS=nats://a:4222,nats://b:4222 (tuples are comma separated).
+The stack supervisor (squall.stack) passes the same environment to every
+process, so one setting reaches every role.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    # Folder for all local state: data, logs, pid files, sockets, wskprops (git-ignored).
+    state_dir: str = str(REPO_ROOT / ".squall")
+
+    @property
+    def state(self) -> Path:
+        return Path(self.state_dir)
+
+
+@dataclass(frozen=True)
+class NatsConfig:
+    # JetStream servers; several for a cluster.
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    # Credentials the server requires (the supervisor generates them for the local server).
+    user: str = ""
+    password: str = ""
+    # Stream holding activation messages, one subject per invoker.
+    stream: str = "SQUALL_ACTIVATIONS"
+    subject_prefix: str = "squall.activations"
+    # Stream replicas (1 on a single node, 3 on a JetStream cluster).
+    replicas: int = 1
+    # Largest message the stream and server accept, bytes (payload limit plus headroom).
+    max_message_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CassandraConfig:
+    contact_points: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 9042
+    user: str = ""
+    password: str = ""
+    keyspace: str = "squall"
+    # Replication of the keyspace: "SimpleStrategy" with replication_factor, or
+    # "NetworkTopologyStrategy" with datacenters "dc1:3,dc2:3".
+    replication_class: str = "SimpleStrategy"
+    replication_factor: int = 1
+    datacenters: str = ""
+    # Consistency for reads and writes (LOCAL_QUORUM is ONE on a single node).
+    consistency: str = "LOCAL_QUORUM"
+    # How long activation records are kept, seconds (0 keeps them forever).
+    activation_ttl_s: int = 7 * 24 * 3600
+    # Per-request timeout of the driver, seconds.
+    request_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # The longest a blocking invoke waits for its result before answering with the
+    # activation id (OpenWhisk: 60 s).
+    blocking_wait_s: float = 60.0
+    # Seconds an authenticated key stays cached before the store is asked again.
+    auth_cache_s: float = 10.0
+    # Key of the guest subject created on first start ("uuid:key"); empty: generated.
+    guest_auth: str = ""
+    guest_namespace: str = "guest"
+    # Number of invokers (ids 0..n-1) the controller balances over.
+    invokers: int = 1
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    host: str = "127.0.0.1"
+    port: int = 3233
+
+
+@dataclass(frozen=True)
+class InvokerConfig:
+    id: int = 0
+    # Memory for action containers, MB: the pool never runs more than this.
+    user_memory_mb: int = 2048
+    # Docker-compatible API; empty means DOCKER_HOST or the stack's podman socket.
+    docker_host: str = ""
+    # Network action containers join (podman: "podman", docker: "bridge").
+    network: str = ""
+    # Activations one invoker runs at once, at most.
+    max_concurrent: int = 64
+    # Seconds JetStream waits for an ack before redelivering; extended while running.
+    ack_wait_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    # Pause an idle warm container after this many seconds (OpenWhisk: 50 ms); negative: never.
+    pause_grace_s: float = 0.05
+    # Remove an idle warm container after this many seconds (OpenWhisk: 10 minutes).
+    idle_timeout_s: float = 600.0
+    # How long a new container's proxy may take to accept its first connection.
+    start_timeout_s: float = 30.0
+    # How long to wait for the log sentinels after a run before giving up on its logs.
+    log_wait_s: float = 2.0
+    # Pids limit of an action container.
+    pids_limit: int = 1024
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # Action limits: minimum, maximum and default (OpenWhisk's defaults).
+    timeout_min_ms: int = 100
+    timeout_max_ms: int = 300_000
+    timeout_default_ms: int = 60_000
+    memory_min_mb: int = 128
+    memory_max_mb: int = 512
+    memory_default_mb: int = 256
+    logs_min_mb: int = 0
+    logs_max_mb: int = 10
+    logs_default_mb: int = 10
+    concurrency_min: int = 1
+    concurrency_max: int = 500
+    concurrency_default: int = 1
+    # Largest parameters or result, bytes (OpenWhisk: 1 MB).
+    payload_max_bytes: int = 1024 * 1024
+    # Largest request body the edge accepts (code of an action can be larger than parameters).
+    body_max_bytes: int = 48 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SquallConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    cassandra: CassandraConfig = field(default_factory=CassandraConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    invoker: InvokerConfig = field(default_factory=InvokerConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @classmethod
+    def from_env(cls, env: typing.Mapping[str, str] | None = None) -> "SquallConfig":
+        env = os.environ if env is None else env
+        sections = {}
+        for section in dataclasses.fields(cls):
+            section_cls = typing.get_type_hints(cls)[section.name]
+            sections[section.name] = _load_section(section_cls, f"SQUALL_{section.name.upper()}_", env)
+        return cls(**sections)
+
+    def env(self) -> dict[str, str]:
+        """This configuration as SQUALL_* variables, to hand to a child process."""
+        out = {}
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            for f in dataclasses.fields(value):
+                v = getattr(value, f.name)
+                text = ",".join(v) if isinstance(v, tuple) else str(v)
+                out[f"SQUALL_{section.name.upper()}_{f.name.upper()}"] = text
+        return out
+
+
+def _load_section(section_cls: type, prefix: str, env: typing.Mapping[str, str]):
+    hints = typing.get_type_hints(section_cls)
+    kwargs = {}
+    for f in dataclasses.fields(section_cls):
+        raw = env.get(prefix + f.name.upper())
+        if raw is not None:
+            kwargs[f.name] = _parse(hints[f.name], raw, prefix + f.name.upper())
+    return section_cls(**kwargs)
+
+
+def _parse(kind: typing.Any, raw: str, name: str) -> typing.Any:
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if typing.get_origin(kind) is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{name}: cannot read {raw!r} as {kind}") from exc

@@ -1,0 +1,101 @@
+"""Unit tests of pure logic: no stack needed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from container_pool.container import PooledContainer, State, TRANSITIONS, InvalidTransition
+from container_pool.pool import Outcome
+from container_pool.proxy_client import ProxyReply
+from controller import entities
+from controller.auth import hash_key, make_subject, new_credentials, parse_basic
+from invoker import records
+from squall.config import LimitsConfig, SquallConfig
+from squall.errors import BadRequest, Unauthenticated
+
+
+def test_config_from_env_and_back():
+    cfg = SquallConfig.from_env({"SQUALL_EDGE_PORT": "4000", "SQUALL_NATS_SERVERS": "nats://a:1, nats://b:2",
+                                 "SQUALL_POOL_PAUSE_GRACE_S": "0.5"})
+    assert cfg.edge.port == 4000
+    assert cfg.nats.servers == ("nats://a:1", "nats://b:2")
+    assert cfg.pool.pause_grace_s == 0.5
+    assert SquallConfig.from_env(cfg.env()) == cfg
+
+
+def test_config_rejects_bad_numbers():
+    with pytest.raises(ValueError, match="SQUALL_EDGE_PORT"):
+        SquallConfig.from_env({"SQUALL_EDGE_PORT": "many"})
+
+
+def test_every_state_reaches_removed_and_nothing_leaves_it():
+    assert TRANSITIONS[State.REMOVED] == frozenset()
+    for state in State:
+        if state not in (State.REMOVING, State.REMOVED):
+            assert State.REMOVING in TRANSITIONS[state]
+
+
+def test_transitions_are_enforced():
+    c = PooledContainer(kind="python:3.11", memory_mb=256)
+    for to in (State.INITIALIZING, State.BUSY, State.IDLE, State.PAUSED, State.BUSY, State.IDLE, State.REMOVING, State.REMOVED):
+        c.move(to)
+    with pytest.raises(InvalidTransition):
+        c.move(State.BUSY)
+    fresh = PooledContainer(kind="nodejs:18", memory_mb=256)
+    with pytest.raises(InvalidTransition):
+        fresh.move(State.BUSY)   # never run code that was not initialized
+
+
+def test_names():
+    assert entities.validate_name("hello") == "hello"
+    assert entities.validate_name("pkg/hello", allow_package=True) == "pkg/hello"
+    for bad in ("", "a/b/c", "bad$name", " lead", "x" * 257):
+        with pytest.raises(BadRequest):
+            entities.validate_name(bad, allow_package=True)
+
+
+def test_build_action_defaults_limits_and_update():
+    cfg = LimitsConfig()
+    doc = entities.build_action("ns", "a", {"exec": {"kind": "nodejs:default", "code": "x"}}, None, cfg)
+    assert doc["exec"]["kind"] == "nodejs:18" and doc["version"] == "0.0.1"
+    assert doc["limits"] == {"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1}
+    updated = entities.build_action("ns", "a", {"limits": {"memory": 512}}, doc, cfg)
+    assert updated["version"] == "0.0.2" and updated["exec"] == doc["exec"] and updated["limits"]["memory"] == 512
+    with pytest.raises(BadRequest, match="exceeds"):
+        entities.build_action("ns", "a", {"exec": {"kind": "python:3", "code": "x"}, "limits": {"memory": 4096}}, None, cfg)
+    with pytest.raises(BadRequest, match="exec undefined"):
+        entities.build_action("ns", "a", {}, None, cfg)
+
+
+def test_keys():
+    uuid, key = new_credentials()
+    subject = make_subject("guest", ("guest",), f"{uuid}:{key}")
+    assert subject.key_hash == hash_key(subject.salt, key) and key not in subject.key_hash
+    import base64
+    assert parse_basic("Basic " + base64.b64encode(f"{uuid}:{key}".encode()).decode()) == (uuid, key)
+    with pytest.raises(Unauthenticated):
+        parse_basic("Bearer x")
+
+
+def _outcome(status=200, body=b"{}", error=None, **kw):
+    return Outcome(start="warm", error=error, run_reply=ProxyReply(status, body) if status else None, **kw)
+
+
+@pytest.mark.parametrize("outcome,code,text", [
+    (_outcome(body=b'{"a": 1}'), records.SUCCESS, None),
+    (_outcome(body=b'{"error": "x"}'), records.APPLICATION_ERROR, "x"),
+    (_outcome(status=502, body=b'{"error": "The action did not return a dictionary."}'), records.DEVELOPER_ERROR, "dictionary"),
+    (_outcome(body=b"[1]"), records.DEVELOPER_ERROR, "valid JSON"),
+    (_outcome(body=b"not json"), records.DEVELOPER_ERROR, "valid JSON"),
+    (_outcome(status=0, error="timeout"), records.DEVELOPER_ERROR, "time limits of 1000 milliseconds"),
+    (_outcome(status=0, error="oom"), records.DEVELOPER_ERROR, "memory"),
+    (_outcome(status=0, error="crashed"), records.DEVELOPER_ERROR, "exited unexpectedly"),
+    (_outcome(status=0, error="init_failed", init_reply=ProxyReply(502, b'{"error": "bad code"}')), records.DEVELOPER_ERROR, "bad code"),
+    (_outcome(body=b'{"big": "' + b"x" * 2000 + b'"}'), records.DEVELOPER_ERROR, "exceeded the allowed length"),
+])
+def test_interpret(outcome, code, text):
+    resp = records.interpret(outcome, timeout_ms=1000, max_result_bytes=1000)
+    assert resp["statusCode"] == code and resp["success"] is (code == records.SUCCESS)
+    if text:
+        assert text in json.dumps(resp["result"])
