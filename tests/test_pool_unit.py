@@ -1,0 +1,168 @@
+"""Pool logic against an IN-MEMORY FAKE backend (not a container engine).
+
+The fake creates no containers: every "container" is a tiny aiohttp server in
+this process speaking the /init + /run protocol, so the pool's real HTTP client
+is exercised while capacity, reuse, pause and eviction are checked quickly.
+The same behaviours run against the real engine in the stack tests.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+
+from container_pool.backend import ContainerHandle, ContainerSpec, ExitInfo, LogLine
+from container_pool.container import ActionKey, State
+from container_pool.pool import ContainerPool, Job
+from container_pool.proxy_client import ProxyClient
+from squall.config import PoolConfig
+
+pytestmark = pytest.mark.asyncio
+
+
+class FakeProxy:
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.inits = 0
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/init", self.init)
+        app.router.add_post("/run", self.run)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    async def init(self, request: web.Request) -> web.Response:
+        self.inits += 1
+        return web.json_response({"ok": True})
+
+    async def run(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        await asyncio.sleep(body["value"].get("sleep", self.delay))
+        return web.json_response({"echo": body["value"]})
+
+
+class InMemoryBackend:
+    """A fake ContainerBackend for unit tests only."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.proxies: dict[str, FakeProxy] = {}
+        self.events: list[tuple[str, str]] = []
+
+    async def create(self, spec: ContainerSpec) -> ContainerHandle:
+        proxy = FakeProxy(self.delay)
+        address = await proxy.start()
+        self.proxies[spec.name] = proxy
+        self.events.append(("create", spec.name))
+        return ContainerHandle(spec.name, spec.name, address)
+
+    async def pause(self, handle):
+        self.events.append(("pause", handle.name))
+
+    async def unpause(self, handle):
+        self.events.append(("unpause", handle.name))
+
+    async def remove(self, handle):
+        self.events.append(("remove", handle.name))
+        proxy = self.proxies.pop(handle.name, None)
+        if proxy and proxy.runner:
+            await proxy.runner.cleanup()
+
+    async def logs(self, handle, since):
+        return [LogLine("2026-01-01T00:00:00.000000001Z", s, "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX")
+                for s in ("stdout", "stderr")] if since is None else []
+
+    async def inspect(self, handle):
+        return ExitInfo(True, None, False)
+
+    async def list(self, labels):
+        return []
+
+
+def job(name: str, memory: int = 256, revision: str = "1", **value) -> Job:
+    return Job(key=ActionKey("ns", name, revision, memory), kind="python:3.11", image="fake",
+               init_body=b'{"value": {}}', run_body=json.dumps({"value": value}).encode(), timeout_s=5)
+
+
+async def make_pool(backend, memory=512, grace=-1.0, idle=600.0) -> ContainerPool:
+    pool = ContainerPool(backend, ProxyClient(1 << 20), PoolConfig(pause_grace_s=grace, idle_timeout_s=idle, log_wait_s=0.2),
+                         user_memory_mb=memory, invoker_id=99)
+    await pool.start()
+    return pool
+
+
+async def test_warm_reuse_and_new_revision():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend)
+    first = await pool.run(job("a"))
+    second = await pool.run(job("a"))
+    assert (first.start, second.start) == ("cold", "warm")
+    assert first.init_ms is not None and second.init_ms is None
+    assert json.loads(second.run_reply.body) == {"echo": {}}
+    third = await pool.run(job("a", revision="2"))
+    assert third.start == "cold"   # a new revision never reuses the old container
+    await pool.stop()
+
+
+async def test_pause_after_grace_and_unpause_on_reuse():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend, grace=0.05)
+    await pool.run(job("a"))
+    await asyncio.sleep(0.2)
+    assert pool.snapshot() == {"paused": 1}
+    again = await pool.run(job("a"))
+    assert again.start == "unpaused"
+    kinds = [e[0] for e in backend.events]
+    assert kinds[:3] == ["create", "pause", "unpause"]
+    await pool.stop()
+
+
+async def test_capacity_evicts_idle_lru_and_queues_when_full():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend, memory=512)
+    await pool.run(job("a"))
+    await pool.run(job("b"))
+    assert pool.used_mb() == 512
+    await pool.run(job("c"))          # evicts "a", the least recently used
+    removed = [name for kind, name in backend.events if kind == "remove"]
+    assert len(removed) == 1 and pool.used_mb() <= 512
+    # Two long runs fill the budget; a third job waits instead of exceeding it.
+    slow = [asyncio.create_task(pool.run(job(n, sleep=0.3))) for n in ("d", "e")]
+    await asyncio.sleep(0.1)
+    waiting = asyncio.create_task(pool.run(job("f")))
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and pool.used_mb() <= 512
+    await asyncio.gather(*slow)
+    assert (await waiting).start == "cold"
+    assert pool.used_mb() <= 512
+    await pool.stop()
+
+
+async def test_idle_containers_are_removed_after_timeout():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend, idle=0.2)
+    await pool.run(job("a"))
+    await asyncio.sleep(0.5)
+    assert pool.snapshot() == {}
+    await pool.stop()
+
+
+async def test_timeout_destroys_the_container():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend)
+    j = job("slow", sleep=1.0)
+    j = Job(key=j.key, kind=j.kind, image=j.image, init_body=j.init_body, run_body=j.run_body, timeout_s=0.2)
+    outcome = await pool.run(j)
+    assert outcome.error == "timeout"
+    await asyncio.sleep(0.05)
+    assert ("remove", backend.events[0][1]) in backend.events
+    assert all(c.state is not State.IDLE for c in pool._containers)
+    await pool.stop()
