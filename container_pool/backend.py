@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class ContainerHandle:
 
 @dataclass(frozen=True)
 class LogLine:
-    time: str             # RFC 3339 with nanoseconds, as the engine stamps it
+    time: str             # RFC 3339 UTC with microseconds, when the line was read
     stream: str           # "stdout" or "stderr"
     text: str
 
@@ -46,8 +46,9 @@ class ContainerBackend(Protocol):
     async def remove(self, handle: ContainerHandle) -> None:
         """Remove the container, killing it if needed; removing a gone container is not an error."""
 
-    async def logs(self, handle: ContainerHandle, since: str | None) -> list[LogLine]:
-        """Lines written after `since` (a LogLine.time), in order; all when since is None."""
+    def follow_logs(self, handle: ContainerHandle, sink: Callable[[LogLine], None]) -> None:
+        """From now until the container is removed, call sink (on the event loop) with each line
+        the container writes, from its very first one."""
 
     async def inspect(self, handle: ContainerHandle) -> ExitInfo: ...
 

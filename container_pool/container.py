@@ -23,7 +23,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from container_pool.backend import ContainerHandle
+from container_pool.backend import ContainerHandle, LogLine
 
 
 class State(enum.Enum):
@@ -72,7 +72,8 @@ class PooledContainer:
     active: int = 0                  # activations running in it now
     max_concurrent: int = 1
     last_used: float = field(default_factory=time.monotonic)
-    log_cursor: str | None = None    # engine time stamp of the last log line consumed
+    # Lines the container wrote and no activation has claimed yet (fed by the backend).
+    logs: asyncio.Queue[LogLine] = field(default_factory=asyncio.Queue)
     # Serializes engine operations (pause/unpause/remove) on this container.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

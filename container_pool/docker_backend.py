@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import threading
 from datetime import datetime, timezone
 
 import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
+
+from typing import Callable
 
 from container_pool.backend import ContainerHandle, ContainerSpec, ExitInfo, LogLine
 from container_pool.runtimes import PROXY_PORT
@@ -71,22 +73,31 @@ class DockerBackend:
                     raise
         await asyncio.to_thread(remove)
 
-    async def logs(self, handle: ContainerHandle, since: str | None) -> list[LogLine]:
-        since_ts = _to_epoch(since) if since else None
+    def follow_logs(self, handle: ContainerHandle, sink: Callable[[LogLine], None]) -> None:
+        # One follow stream per output stream, each read by a thread: the engine pushes lines as
+        # they are written, so collecting an activation's logs needs no polling. (Podman stamps
+        # lines only to the second and its attach cannot demultiplex, so read time is the stamp.)
+        loop = asyncio.get_running_loop()
+        for stream in ("stdout", "stderr"):
+            threading.Thread(target=self._pump, args=(handle.id, stream, loop, sink),
+                             name=f"logs-{handle.name}-{stream}", daemon=True).start()
 
-        def read(stream: str) -> list[LogLine]:
-            raw = self._client.api.logs(handle.id, stdout=stream == "stdout", stderr=stream == "stderr",
-                                        timestamps=True, since=since_ts)
-            out = []
-            for line in raw.decode("utf-8", "replace").splitlines():
-                stamp, _, text = line.partition(" ")
-                stamp = normalize_stamp(stamp)
-                if since is None or stamp > since:
-                    out.append(LogLine(stamp, stream, text))
-            return out
-
-        stdout, stderr = await asyncio.gather(asyncio.to_thread(read, "stdout"), asyncio.to_thread(read, "stderr"))
-        return sorted(stdout + stderr, key=lambda line: line.time)
+    def _pump(self, container_id: str, stream: str, loop: asyncio.AbstractEventLoop,
+              sink: Callable[[LogLine], None]) -> None:
+        pending = b""
+        try:
+            chunks = self._client.api.logs(container_id, stdout=stream == "stdout", stderr=stream == "stderr",
+                                           stream=True, follow=True)
+            for chunk in chunks:
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                    loop.call_soon_threadsafe(sink, LogLine(stamp, stream, line.decode("utf-8", "replace")))
+        except Exception as exc:   # the container is gone, or the engine restarted
+            log.debug("log stream of %s ended: %s", container_id[:12], exc)
+        except BaseException:
+            pass
 
     async def inspect(self, handle: ContainerHandle) -> ExitInfo:
         def inspect() -> ExitInfo:
@@ -103,25 +114,3 @@ class DockerBackend:
             return [ContainerHandle(c["Id"], (c.get("Names") or [""])[0].lstrip("/"), "")
                     for c in self._client.api.containers(all=True, filters=filters)]
         return await asyncio.to_thread(list_)
-
-
-_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")
-
-
-def normalize_stamp(stamp: str) -> str:
-    """An engine's RFC 3339 stamp as UTC with exactly 9 fraction digits, so stamps order as text."""
-    m = _STAMP.match(stamp)
-    if not m:
-        return stamp
-    head, frac, zone = m.group(1), (m.group(2) or "")[:9].ljust(9, "0"), m.group(3) or "Z"
-    if zone != "Z":
-        moment = datetime.fromisoformat(head + zone).astimezone(timezone.utc)
-        head = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{head}.{frac}Z"
-
-
-def _to_epoch(stamp: str) -> float:
-    """An RFC 3339 stamp with nanoseconds as epoch seconds, rounded down to microseconds."""
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    base = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
-    return base + float("0." + (frac[:6] or "0"))

@@ -19,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from container_pool.backend import ContainerBackend, ContainerSpec, LogLine
+from container_pool.backend import ContainerBackend, ContainerSpec
 from container_pool.container import ActionKey, PooledContainer, State
 from container_pool.proxy_client import ProxyClient, ProxyReply, ProxyTimeout, ProxyUnreachable
 from container_pool.runtimes import LOG_SENTINEL
@@ -177,6 +177,7 @@ class ContainerPool:
             container.move(State.REMOVING)
             await self._forget(container)
             raise
+        self._backend.follow_logs(container.handle, container.logs.put_nowait)
         container.move(State.INITIALIZING)
 
     async def _initialize(self, container: PooledContainer, job: Job, outcome: Outcome) -> bool:
@@ -218,33 +219,32 @@ class ContainerPool:
         return "oom" if info.oom_killed or info.exit_code == 137 else "crashed"
 
     async def _collect_logs(self, container: PooledContainer, job: Job, wait_for_sentinels: bool) -> list[str]:
-        """This activation's log lines: up to the sentinel on stdout and on stderr."""
-        deadline = time.monotonic() + (self._config.log_wait_s if wait_for_sentinels else 0)
+        """This activation's log lines: those before the sentinel on stdout and on stderr."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._config.log_wait_s if wait_for_sentinels else 0.05)
         lines: list[str] = []
         seen: set[str] = set()
         size, truncated = 0, False
-        while True:
+        while len(seen) < 2:
             try:
-                batch: list[LogLine] = await self._backend.logs(container.handle, container.log_cursor)
-            except Exception as exc:   # logs are best effort; the result matters more
-                log.warning("logs of %s: %s", container.name, exc)
-                batch = []
-            for line in batch:
-                container.log_cursor = line.time
-                if line.text == LOG_SENTINEL:
-                    seen.add(line.stream)
-                    if len(seen) == 2:
-                        break
-                    continue
-                entry = f"{line.time} {line.stream}: {line.text}"
-                size += len(entry)
-                if size > job.log_limit_bytes:
-                    truncated = True
-                    continue
-                lines.append(entry)
-            if len(seen) == 2 or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.005)
+                line = container.logs.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    line = await asyncio.wait_for(container.logs.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if line.text == LOG_SENTINEL:
+                seen.add(line.stream)
+                continue
+            entry = f"{line.time} {line.stream}: {line.text}"
+            size += len(entry)
+            if size > job.log_limit_bytes:
+                truncated = True
+                continue
+            lines.append(entry)
         if truncated:
             lines.append(f"Logs were truncated because the total bytes size exceeds the limit of {job.log_limit_bytes} bytes.")
         return lines

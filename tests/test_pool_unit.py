@@ -46,6 +46,9 @@ class FakeProxy:
     async def run(self, request: web.Request) -> web.Response:
         body = await request.json()
         await asyncio.sleep(body["value"].get("sleep", self.delay))
+        for stream in ("stdout", "stderr"):
+            self.sink(LogLine("2026-01-01T00:00:00.000001Z", stream, f"ran on {stream}"))
+            self.sink(LogLine("2026-01-01T00:00:00.000002Z", stream, "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"))
         return web.json_response({"echo": body["value"]})
 
 
@@ -76,9 +79,8 @@ class InMemoryBackend:
         if proxy and proxy.runner:
             await proxy.runner.cleanup()
 
-    async def logs(self, handle, since):
-        return [LogLine("2026-01-01T00:00:00.000000001Z", s, "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX")
-                for s in ("stdout", "stderr")] if since is None else []
+    def follow_logs(self, handle, sink):
+        self.proxies[handle.name].sink = sink
 
     async def inspect(self, handle):
         return ExitInfo(True, None, False)
@@ -107,6 +109,8 @@ async def test_warm_reuse_and_new_revision():
     assert (first.start, second.start) == ("cold", "warm")
     assert first.init_ms is not None and second.init_ms is None
     assert json.loads(second.run_reply.body) == {"echo": {}}
+    assert second.logs == ["2026-01-01T00:00:00.000001Z stdout: ran on stdout",
+                           "2026-01-01T00:00:00.000001Z stderr: ran on stderr"]
     third = await pool.run(job("a", revision="2"))
     assert third.start == "cold"   # a new revision never reuses the old container
     await pool.stop()
