@@ -23,21 +23,20 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
 # success, application error, action developer error, whisk internal error.
 ACTIVATION_TO_HTTP: dict[int, int] = {0: 200, 1: 502, 2: 502, 3: 500}
 
-MESSAGES_BY_STATUS = {
-    405: "Method not allowed.",
-    503: "The server is currently unavailable (because it is overloaded or down for maintenance).",
-}
-
-
 def error_response(status: int, message: str, code: str) -> web.Response:
     body = json.dumps({"error": message, "code": code})
     headers = {"WWW-Authenticate": 'Basic realm="whisk rest service"'} if status == 401 else None
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
+# Statuses whose gRPC details are the transport's words, not the controller's: a fixed message.
+FIXED_MESSAGES = {
+    500: "An internal error occurred.",
+    503: "The server is currently unavailable (because it is overloaded or down for maintenance).",
+}
+
+
 def from_grpc(exc: grpc.aio.AioRpcError, code: str) -> web.Response:
     status = GRPC_TO_HTTP.get(exc.code(), 500)
-    message = exc.details() if status != 500 else "An internal error occurred."
-    if status == 503 and exc.code() != grpc.StatusCode.UNAVAILABLE or not message:
-        message = MESSAGES_BY_STATUS.get(status, "An internal error occurred.")
+    message = FIXED_MESSAGES.get(status) or exc.details() or "An internal error occurred."
     return error_response(status, message, code)

@@ -61,6 +61,10 @@ class CassandraConfig:
     activation_ttl_s: int = 7 * 24 * 3600
     # Per-request timeout of the driver, seconds.
     request_timeout_s: float = 10.0
+    # Native protocol version (5 for Cassandra 4 and 5).
+    protocol_version: int = 5
+    # How long a starting process waits for Cassandra to answer, seconds.
+    connect_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)

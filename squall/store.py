@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from cassandra import ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, ResponseFuture, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from squall.config import CassandraConfig
@@ -77,14 +77,14 @@ class Store:
         cluster = Cluster(
             contact_points=list(config.contact_points),
             port=config.port,
+            protocol_version=config.protocol_version,
             auth_provider=auth,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         )
-        session = await asyncio.to_thread(cluster.connect)
+        session = await _connect(cluster, config.connect_timeout_s)
         store = cls(cluster, session, config)
         if create_schema:
             await store.create_schema()
-        await asyncio.to_thread(session.set_keyspace, config.keyspace)
         await store._prepare()
         return store
 
@@ -103,18 +103,19 @@ class Store:
 
     async def _prepare(self) -> None:
         queries = {
-            "subject_get": "SELECT uuid, subject, salt, key_hash, namespaces, blocked FROM subjects WHERE uuid = ?",
-            "subject_put": "INSERT INTO subjects (uuid, subject, salt, key_hash, namespaces, blocked) VALUES (?, ?, ?, ?, ?, ?)",
-            "entity_get": "SELECT doc FROM entities WHERE namespace = ? AND collection = ? AND name = ?",
-            "entity_put": "INSERT INTO entities (namespace, collection, name, doc, updated) VALUES (?, ?, ?, ?, ?)",
-            "entity_create": "INSERT INTO entities (namespace, collection, name, doc, updated) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
-            "entity_delete": "DELETE FROM entities WHERE namespace = ? AND collection = ? AND name = ? IF EXISTS",
-            "entity_list": "SELECT name, doc FROM entities WHERE namespace = ? AND collection = ?",
-            "activation_put": "INSERT INTO activations (activation_id, namespace, name, start, doc) VALUES (?, ?, ?, ?, ?)",
-            "activation_put_ns": "INSERT INTO activations_by_namespace (namespace, start, activation_id, name, doc) VALUES (?, ?, ?, ?, ?)",
-            "activation_get": "SELECT namespace, doc FROM activations WHERE activation_id = ?",
-            "activation_list": "SELECT doc FROM activations_by_namespace WHERE namespace = ? LIMIT ?",
+            "subject_get": "SELECT uuid, subject, salt, key_hash, namespaces, blocked FROM {ks}.subjects WHERE uuid = ?",
+            "subject_put": "INSERT INTO {ks}.subjects (uuid, subject, salt, key_hash, namespaces, blocked) VALUES (?, ?, ?, ?, ?, ?)",
+            "entity_get": "SELECT doc FROM {ks}.entities WHERE namespace = ? AND collection = ? AND name = ?",
+            "entity_put": "INSERT INTO {ks}.entities (namespace, collection, name, doc, updated) VALUES (?, ?, ?, ?, ?)",
+            "entity_create": "INSERT INTO {ks}.entities (namespace, collection, name, doc, updated) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+            "entity_delete": "DELETE FROM {ks}.entities WHERE namespace = ? AND collection = ? AND name = ? IF EXISTS",
+            "entity_list": "SELECT name, doc FROM {ks}.entities WHERE namespace = ? AND collection = ?",
+            "activation_put": "INSERT INTO {ks}.activations (activation_id, namespace, name, start, doc) VALUES (?, ?, ?, ?, ?)",
+            "activation_put_ns": "INSERT INTO {ks}.activations_by_namespace (namespace, start, activation_id, name, doc) VALUES (?, ?, ?, ?, ?)",
+            "activation_get": "SELECT namespace, doc FROM {ks}.activations WHERE activation_id = ?",
+            "activation_list": "SELECT doc FROM {ks}.activations_by_namespace WHERE namespace = ? LIMIT ?",
         }
+        queries = {name: q.format(ks=self._config.keyspace) for name, q in queries.items()}
         names = list(queries)
         prepared = await asyncio.gather(*(asyncio.to_thread(self._session.prepare, queries[n]) for n in names))
         self._prepared = dict(zip(names, prepared))
@@ -196,6 +197,21 @@ class Store:
     async def list_activations(self, namespace: str, limit: int) -> list[dict]:
         rows = await self._run(self._exec("activation_list", namespace, limit))
         return [json.loads(r.doc) for r in rows]
+
+
+async def _connect(cluster: Cluster, timeout_s: float) -> Session:
+    """Connect, waiting for Cassandra while it starts (or restarts) rather than failing at once."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    delay = 0.5
+    while True:
+        try:
+            return await asyncio.to_thread(cluster.connect)
+        except NoHostAvailable as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            log.warning("cassandra not reachable yet, retrying in %.1fs: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _settle(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
