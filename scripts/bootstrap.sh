@@ -29,7 +29,7 @@ fi
 # 2. Python virtualenv with the project (Python 3.11+).
 PY=""
 for cand in python3.13 python3.12 python3.11 python3; do
-  if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  if command -v "$cand" >/dev/null && "$cand" 2>/dev/null -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     PY=$(command -v "$cand"); break
   fi
 done
