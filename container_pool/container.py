@@ -71,6 +71,7 @@ class PooledContainer:
     action: ActionKey | None = None  # set once initialized
     active: int = 0                  # activations running in it now
     max_concurrent: int = 1
+    stem_cell: bool = False          # started ahead of demand, not yet given to an action
     last_used: float = field(default_factory=time.monotonic)
     # Lines the container wrote and no activation has claimed yet (fed by the backend).
     logs: asyncio.Queue[LogLine] = field(default_factory=asyncio.Queue)

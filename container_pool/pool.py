@@ -1,9 +1,16 @@
 """The container pool: runs jobs in containers, reusing warm ones, within a memory budget.
 
 A job asks for a container that serves its ActionKey. In order of preference it
-gets a warm one (idle, or paused and then unpaused), else a new one (cold) if
-the budget allows, else the least recently used idle containers of other
-actions are removed to make room, else it waits until a container is released.
+gets a warm one (idle, or paused and then unpaused), else a prewarmed stem cell
+of its runtime kind and memory (initialized with its code now), else a new one
+(cold) if the budget allows, else the least recently used idle containers of
+other actions are removed to make room, else it waits until a container is
+released.
+
+Stem cells are kept per (kind, memory) at a target count: the configured one at
+first; every cold start of that kind and memory raises it by one (up to
+prewarm_max) and a stem cell unused for prewarm_ttl_s lowers it again. A taken
+stem cell is replaced at once, if the budget allows without evicting anything.
 Memory of a container counts from the moment it is planned until its removal
 has finished, so the budget is never exceeded, even for a moment.
 
@@ -22,7 +29,7 @@ from dataclasses import dataclass, field
 from container_pool.backend import ContainerBackend, ContainerSpec
 from container_pool.container import ActionKey, PooledContainer, State
 from container_pool.proxy_client import ProxyClient, ProxyReply, ProxyTimeout, ProxyUnreachable
-from container_pool.runtimes import LOG_SENTINEL
+from container_pool.runtimes import LOG_SENTINEL, resolve
 from squall.config import PoolConfig
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,7 @@ class Job:
 
 @dataclass
 class Outcome:
-    start: str                      # "cold", "warm" or "unpaused"
+    start: str                      # "cold", "prewarmed", "warm" or "unpaused"
     error: str | None = None        # None, "init_failed", "timeout", "oom", "crashed"
     init_ms: int | None = None      # present when the code was initialized for this job
     init_reply: ProxyReply | None = None
@@ -73,6 +80,14 @@ class ContainerPool:
         self._names = itertools.count()
         self._tasks: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
+        # Stem cells wanted per (kind, memory): configured floor and current target.
+        self._stem_floor: dict[tuple[str, int], int] = {}
+        for cells in config.stem_cells():
+            runtime = resolve(cells.kind)
+            if runtime is None:
+                raise ValueError(f"prewarm: unknown runtime kind {cells.kind!r}")
+            self._stem_floor[(runtime.kind, cells.memory_mb)] = cells.count
+        self._stem_target = dict(self._stem_floor)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -87,6 +102,8 @@ class ContainerPool:
             log.info("removing %d orphaned containers", len(orphans))
             await asyncio.gather(*(self._backend.remove(h) for h in orphans), return_exceptions=True)
         self._reaper = asyncio.create_task(self._reap_idle())
+        async with self._changed:
+            self._refill()
 
     async def stop(self) -> None:
         if self._reaper:
@@ -131,10 +148,19 @@ class ContainerPool:
                     warm.active += 1
                     warm.last_used = time.monotonic()
                     break
+                stem = self._find_stem_cell(job)
+                if stem is not None:
+                    warm, start, was_paused = stem, "prewarmed", False
+                    stem.stem_cell = False
+                    stem.max_concurrent = job.concurrency
+                    stem.move(State.INITIALIZING)
+                    self._refill()
+                    break
                 if self._make_room(job.key.memory_mb):
                     warm = PooledContainer(kind=job.kind, memory_mb=job.key.memory_mb, max_concurrent=job.concurrency)
                     self._containers.append(warm)
                     start, was_paused = "cold", False
+                    self._demand_grows(job)
                     break
                 await self._changed.wait()
         if was_paused:
@@ -149,13 +175,18 @@ class ContainerPool:
         # Prefer a running container over a paused one, then the most recently used.
         return max(candidates, key=lambda c: (c.state is not State.PAUSED, c.last_used), default=None)
 
+    def _find_stem_cell(self, job: Job) -> PooledContainer | None:
+        return next((c for c in self._containers if c.stem_cell and c.state is State.PREWARMED
+                     and c.kind == job.kind and c.memory_mb == job.key.memory_mb), None)
+
     def _make_room(self, memory_mb: int) -> bool:
         """True if memory_mb fits now, after removing least recently used idle containers if needed."""
         free = self._capacity - self.used_mb()
         if free >= memory_mb:
             return True
-        idle = sorted((c for c in self._containers if c.state in (State.IDLE, State.PAUSED)),
-                      key=lambda c: c.last_used)
+        # Stem cells go first (they serve nobody yet), then warm ones, least recently used first.
+        idle = sorted((c for c in self._containers if c.state in (State.IDLE, State.PAUSED, State.PREWARMED)),
+                      key=lambda c: (not c.stem_cell, c.last_used))
         reclaimable = sum(c.memory_mb for c in idle)
         if free + reclaimable < memory_mb:
             return False
@@ -168,17 +199,54 @@ class ContainerPool:
         return False   # the memory frees when the removals finish; the waiter is then woken
 
     async def _start(self, container: PooledContainer, job: Job) -> None:
+        await self._create(container, job.image)
+        container.move(State.INITIALIZING)
+
+    async def _create(self, container: PooledContainer, image: str) -> None:
         name = f"squall-{self._invoker}-{next(self._names)}-{secrets.token_hex(3)}"
         try:
             container.handle = await self._backend.create(ContainerSpec(
-                image=job.image, memory_mb=job.key.memory_mb, name=name,
+                image=image, memory_mb=container.memory_mb, name=name,
                 labels=self.labels, pids_limit=self._config.pids_limit))
         except Exception:
             container.move(State.REMOVING)
             await self._forget(container)
             raise
         self._backend.follow_logs(container.handle, container.logs.put_nowait)
-        container.move(State.INITIALIZING)
+
+    # Stem cells
+
+    def _refill(self) -> None:
+        """Start the stem cells missing from each target, as far as free memory allows.
+        Called with self._changed held."""
+        for (kind, memory_mb), target in self._stem_target.items():
+            have = sum(1 for c in self._containers if c.stem_cell and c.kind == kind and c.memory_mb == memory_mb)
+            for _ in range(target - have):
+                if self._capacity - self.used_mb() < memory_mb:
+                    return
+                cell = PooledContainer(kind=kind, memory_mb=memory_mb, stem_cell=True)
+                self._containers.append(cell)
+                self._spawn(self._start_stem_cell(cell))
+
+    async def _start_stem_cell(self, cell: PooledContainer) -> None:
+        runtime = resolve(cell.kind)
+        try:
+            await self._create(cell, runtime.image)
+        except Exception as exc:
+            log.warning("prewarming a %s container failed: %s", cell.kind, exc)
+            return   # the next use or cold start of this kind tries again
+        async with self._changed:
+            if cell.state is State.STARTING:
+                cell.move(State.PREWARMED)
+                cell.last_used = time.monotonic()
+                self._changed.notify_all()
+
+    def _demand_grows(self, job: Job) -> None:
+        """A cold start of a prewarmed kind and memory: keep one more stem cell of it."""
+        key = (job.kind, job.key.memory_mb)
+        if key in self._stem_target and self._stem_target[key] < self._config.prewarm_max:
+            self._stem_target[key] += 1
+            self._refill()
 
     async def _initialize(self, container: PooledContainer, job: Job, outcome: Outcome) -> bool:
         started = time.monotonic()
@@ -296,12 +364,23 @@ class ContainerPool:
 
     async def _reap_idle(self) -> None:
         while True:
-            await asyncio.sleep(min(max(self._config.idle_timeout_s / 4, 0.1), 10))
-            cutoff = time.monotonic() - self._config.idle_timeout_s
-            for c in list(self._containers):
-                if c.state in (State.IDLE, State.PAUSED) and c.last_used < cutoff:
-                    c.move(State.REMOVING)
-                    self._spawn(self._remove(c))
+            shortest = min(self._config.idle_timeout_s, self._config.prewarm_ttl_s)
+            await asyncio.sleep(min(max(shortest / 4, 0.1), 10))
+            now = time.monotonic()
+            async with self._changed:
+                for c in list(self._containers):
+                    if c.state in (State.IDLE, State.PAUSED) and c.last_used < now - self._config.idle_timeout_s:
+                        c.move(State.REMOVING)
+                        self._spawn(self._remove(c))
+                    elif (c.stem_cell and c.state is State.PREWARMED
+                          and c.last_used < now - self._config.prewarm_ttl_s):
+                        key = (c.kind, c.memory_mb)
+                        if self._stem_target.get(key, 0) > self._stem_floor.get(key, 0):
+                            self._stem_target[key] -= 1
+                            c.move(State.REMOVING)
+                            self._spawn(self._remove(c))
+                        else:
+                            c.last_used = now   # a floor cell stays; look again after another ttl
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

@@ -38,7 +38,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     await stop.wait()
     log.info("controller stopping")
     await server.stop(grace=5)
-    await nc.drain()
+    await nc.close()
     await store.close()
 
 

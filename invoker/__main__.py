@@ -36,7 +36,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     finally:
         log.info("invoker stopping: removing containers")
         await pool.stop()
-        await nc.drain()
+        await nc.close()   # unacked work is redelivered anyway; drain can hang on a pull consumer
         await store.close()
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 
 import grpc
@@ -62,7 +63,7 @@ class Invoker:
                 max_deliver=-1,
             ))
         slot_freed = asyncio.Event()
-        log.info("invoker %s consuming %s", self._id, invoker_subject(cfg.nats, self._id))
+        log.info("invoker %s consuming %s (pid %d)", self._id, invoker_subject(cfg.nats, self._id), os.getpid())
         while not stop.is_set():
             free = cfg.invoker.max_concurrent - len(self._tasks)
             if free <= 0:

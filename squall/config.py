@@ -116,6 +116,32 @@ class PoolConfig:
     log_wait_s: float = 2.0
     # Pids limit of an action container.
     pids_limit: int = 1024
+    # Stem cells, as "kind@memoryMB=count" items: started with the invoker and refilled after use,
+    # so a first invocation of an action of that kind and memory skips the container start.
+    prewarm: tuple[str, ...] = ("python:3.11@256=1", "nodejs:18@256=1")
+    # Reactive prewarming: each cold start of a prewarmed kind and memory raises its count by one,
+    # up to this many ...
+    prewarm_max: int = 3
+    # ... and a stem cell left unused this long lowers it again by one, down to the configured count.
+    prewarm_ttl_s: float = 300.0
+
+    def stem_cells(self) -> list["StemCells"]:
+        cells = []
+        for item in self.prewarm:
+            try:
+                kind, _, rest = item.rpartition("@")
+                memory, _, count = rest.partition("=")
+                cells.append(StemCells(kind, int(memory), int(count or 1)))
+            except ValueError:
+                raise ValueError(f"SQUALL_POOL_PREWARM item {item!r} is not kind@memoryMB=count") from None
+        return cells
+
+
+@dataclass(frozen=True)
+class StemCells:
+    kind: str
+    memory_mb: int
+    count: int
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import signal
@@ -50,6 +51,7 @@ def run(role: str, main: Callable[[SquallConfig, asyncio.Event], Awaitable[None]
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("cassandra").setLevel(logging.WARNING)
     config = SquallConfig.from_env()
+    faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` dumps every thread's stack
 
     async def wrapped() -> None:
         stop = asyncio.Event()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from squall.bus import invoker_subject
 from squall.config import REPO_ROOT, SquallConfig
 
 
@@ -166,9 +167,14 @@ def http_ok(url: str) -> Callable[[], bool]:
 
 
 def log_contains(layout: Layout, name: str, marker: str) -> Callable[[], bool]:
+    """The process's log has `marker`, with {pid} standing for its pid (so an earlier run's
+    lines in the same log do not count)."""
     def probe() -> bool:
+        pid = running_pid(layout, name)
+        if pid is None:
+            return False
         try:
-            return marker in layout.log_file(name).read_text(errors="replace")[-20000:]
+            return marker.format(pid=pid) in layout.log_file(name).read_text(errors="replace")[-20000:]
         except OSError:
             return False
     return probe
@@ -258,7 +264,8 @@ def components(cfg: SquallConfig, layout: Layout) -> list[Component]:
     for i in range(cfg.controller.invokers):
         name = f"invoker{i}"
         comps.append(Component(name, [py, "-m", "invoker"], env={**env, "SQUALL_INVOKER_ID": str(i)},
-                               ready=log_contains(layout, name, "consuming"), ready_timeout=90,
+                               ready=log_contains(layout, name, "consuming " + invoker_subject(cfg.nats, i) + " (pid {pid})"),
+                               ready_timeout=90,
                                stop_timeout=cfg.limits.timeout_max_ms / 1000 + 30))
     comps.append(Component("edge", [py, "-m", "edge"], env=env,
                            ready=http_ok(f"http://{cfg.edge.host}:{cfg.edge.port}/api/v1")))

@@ -94,9 +94,9 @@ def job(name: str, memory: int = 256, revision: str = "1", **value) -> Job:
                init_body=b'{"value": {}}', run_body=json.dumps({"value": value}).encode(), timeout_s=5)
 
 
-async def make_pool(backend, memory=512, grace=-1.0, idle=600.0) -> ContainerPool:
-    pool = ContainerPool(backend, ProxyClient(1 << 20), PoolConfig(pause_grace_s=grace, idle_timeout_s=idle, log_wait_s=0.2),
-                         user_memory_mb=memory, invoker_id=99)
+async def make_pool(backend, memory=512, grace=-1.0, idle=600.0, prewarm=(), **extra) -> ContainerPool:
+    config = PoolConfig(pause_grace_s=grace, idle_timeout_s=idle, log_wait_s=0.2, prewarm=prewarm, **extra)
+    pool = ContainerPool(backend, ProxyClient(1 << 20), config, user_memory_mb=memory, invoker_id=99)
     await pool.start()
     return pool
 
@@ -169,4 +169,50 @@ async def test_timeout_destroys_the_container():
     await asyncio.sleep(0.05)
     assert ("remove", backend.events[0][1]) in backend.events
     assert all(c.state is not State.IDLE for c in pool._containers)
+    await pool.stop()
+
+
+async def settle(pool, state="prewarmed", count=1, timeout=2.0):
+    for _ in range(int(timeout / 0.02)):
+        if pool.snapshot().get(state, 0) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"pool never reached {count} {state}: {pool.snapshot()}")
+
+
+async def test_stem_cell_is_used_then_refilled():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend, memory=1024, prewarm=("python:3@256=1",))
+    await settle(pool)
+    first = await pool.run(job("a"))
+    assert first.start == "prewarmed" and first.init_ms is not None
+    await settle(pool)                                   # a new stem cell replaces the used one
+    assert pool.snapshot() == {"idle": 1, "prewarmed": 1}
+    other = await pool.run(job("b", memory=384))         # no stem cell of that size: cold
+    assert other.start == "cold"
+    await pool.stop()
+
+
+async def test_cold_starts_grow_stem_cells_and_unused_ones_shrink():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend, memory=2048, prewarm=("python:3.11@256=1",), prewarm_max=2, prewarm_ttl_s=0.3)
+    await settle(pool)
+    # Two at once: one takes the stem cell, the other starts cold and raises the target to 2.
+    outcomes = await asyncio.gather(pool.run(job("a", sleep=0.1)), pool.run(job("b", sleep=0.1)))
+    assert sorted(o.start for o in outcomes) == ["cold", "prewarmed"]
+    await settle(pool, count=2)
+    await asyncio.sleep(0.8)                              # unused past the ttl: back to the floor of 1
+    assert pool.snapshot().get("prewarmed") == 1
+    await pool.stop()
+
+
+async def test_stem_cells_are_evicted_before_warm_containers():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend, memory=768, prewarm=("python:3.11@256=1",))
+    await settle(pool)
+    await pool.run(job("a"))                              # takes the stem cell; a new one is started
+    await settle(pool)
+    cold = await pool.run(job("b", memory=384))           # needs room: the stem cell goes, "a" stays warm
+    assert cold.start == "cold"
+    assert (await pool.run(job("a", memory=256))).start == "warm"
     await pool.stop()
