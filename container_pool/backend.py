@@ -5,6 +5,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 
+class ImageUnavailable(Exception):
+    """The image is neither present nor pullable: the action's fault, not the platform's."""
+
+    def __init__(self, image: str):
+        super().__init__(f"Failed to pull container image '{image}'.")
+        self.image = image
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     image: str

@@ -10,12 +10,12 @@ import threading
 from datetime import datetime, timezone
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from typing import Callable
 
-from container_pool.backend import ContainerHandle, ContainerSpec, ExitInfo, LogLine
+from container_pool.backend import ContainerHandle, ContainerSpec, ExitInfo, ImageUnavailable, LogLine
 from container_pool.runtimes import PROXY_PORT
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,12 @@ class DockerBackend:
         return await asyncio.to_thread(self._create, spec)
 
     def _create(self, spec: ContainerSpec) -> ContainerHandle:
+        try:
+            return self._run(spec)
+        except ImageNotFound as exc:
+            raise ImageUnavailable(spec.image) from exc
+
+    def _run(self, spec: ContainerSpec) -> ContainerHandle:
         container: Container = self._client.containers.run(
             spec.image,
             name=spec.name,

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.aio.msg import Msg
 
+from container_pool.backend import ImageUnavailable
 from container_pool.container import ActionKey
 from container_pool.pool import ContainerPool, Job
 from container_pool.runtimes import resolve
@@ -124,6 +125,9 @@ class Invoker:
             return records.record(am, info, resp, None, started, _now_ms())
         try:
             outcome = await self._pool.run(job)
+        except ImageUnavailable as exc:
+            resp = records.response(records.DEVELOPER_ERROR, {"error": str(exc)})
+            return records.record(am, info, resp, None, started, _now_ms())
         except Exception as exc:
             log.exception("container failure", extra={"activation_id": am.activation_id})
             resp = records.response(records.WHISK_ERROR, {"error": f"Failed to run the action: {exc}"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 import zipfile
 
 import pytest
@@ -224,3 +225,39 @@ def test_oversized_parameters_413(api, stack, unique):
 
 def test_namespaces_list(api, stack):
     assert stack.namespace in api.get(stack.url("/namespaces")).json()
+
+
+def _annotations(activation: dict) -> dict:
+    return {a["key"]: a["value"] for a in activation["annotations"]}
+
+
+def test_record_tells_how_the_container_started(api, stack, unique):
+    # 256 MB python actions find a prewarmed stem cell; then warm; then, once paused, unpaused.
+    create(api, stack, unique, "python:3", PY_HELLO, limits={"memory": 256})
+    url = stack.url(f"/namespaces/_/actions/{unique}?blocking=true")
+    first = _annotations(api.post(url, json={}).json())
+    assert first["containerStart"] in ("prewarmed", "cold") and first["initTime"] >= 0
+    second = _annotations(api.post(url, json={}).json())
+    assert second["containerStart"] in ("warm", "unpaused") and "initTime" not in second
+    time.sleep(0.5)   # past the pause grace
+    third = _annotations(api.post(url, json={}).json())
+    assert third["containerStart"] == "unpaused" and "initTime" not in third
+    # A memory size without stem cells starts cold.
+    create(api, stack, unique + "-b", "python:3", PY_HELLO, limits={"memory": 320})
+    cold = _annotations(api.post(stack.url(f"/namespaces/_/actions/{unique}-b?blocking=true"), json={}).json())
+    assert cold["containerStart"] == "cold" and cold["initTime"] >= 0
+
+
+def test_blackbox_action_runs_a_local_image(api, stack, unique):
+    body = {"exec": {"kind": "blackbox", "image": "squall/action-python-v3.11:latest",
+                     "code": 'def main(args):\n    return {"blackbox": args}\n'}}
+    assert api.put(stack.url(f"/namespaces/_/actions/{unique}"), json=body).status_code == 200
+    r = api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true&result=true"), json={"x": 1})
+    assert r.status_code == 200 and r.json() == {"blackbox": {"x": 1}}
+    # An image that is not there is the developer's error, reported, not a platform failure.
+    body = {"exec": {"kind": "blackbox", "image": "squall/no-such-image:1"}}
+    assert api.put(stack.url(f"/namespaces/_/actions/{unique}-missing"), json=body).status_code == 200
+    r = api.post(stack.url(f"/namespaces/_/actions/{unique}-missing?blocking=true"), json={})
+    assert r.status_code == 502
+    assert r.json()["response"]["status"] == "action developer error"
+    assert r.json()["response"]["result"] == {"error": "Failed to pull container image 'squall/no-such-image:1'."}
