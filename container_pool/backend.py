@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 class ImageUnavailable(Exception):
@@ -43,6 +43,15 @@ class ExitInfo:
     oom_killed: bool
 
 
+class LogSource(Protocol):
+    """A container's output, from its first line on, read a batch at a time."""
+
+    def read(self) -> list[LogLine]:
+        """The complete lines written since the last read, in order; never blocks."""
+
+    def close(self) -> None: ...
+
+
 class ContainerBackend(Protocol):
     async def create(self, spec: ContainerSpec) -> ContainerHandle:
         """Create and start a container; returns once it has an address."""
@@ -54,9 +63,8 @@ class ContainerBackend(Protocol):
     async def remove(self, handle: ContainerHandle) -> None:
         """Remove the container, killing it if needed; removing a gone container is not an error."""
 
-    def follow_logs(self, handle: ContainerHandle, sink: Callable[[LogLine], None]) -> None:
-        """From now until the container is removed, call sink (on the event loop) with each line
-        the container writes, from its very first one."""
+    def logs(self, handle: ContainerHandle) -> LogSource:
+        """The container's output (stdout and stderr interleaved as written)."""
 
     async def inspect(self, handle: ContainerHandle) -> ExitInfo: ...
 

@@ -19,11 +19,12 @@ so a bug shows up as an error instead of a container in two places at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import time
 from dataclasses import dataclass, field
 
-from container_pool.backend import ContainerHandle, LogLine
+from container_pool.backend import ContainerHandle, LogLine, LogSource
 
 
 class State(enum.Enum):
@@ -73,8 +74,9 @@ class PooledContainer:
     max_concurrent: int = 1
     stem_cell: bool = False          # started ahead of demand, not yet given to an action
     last_used: float = field(default_factory=time.monotonic)
-    # Lines the container wrote and no activation has claimed yet (fed by the backend).
-    logs: asyncio.Queue[LogLine] = field(default_factory=asyncio.Queue)
+    # The container's output, and lines read from it that no activation has claimed yet.
+    log_source: LogSource | None = None
+    unclaimed: collections.deque[LogLine] = field(default_factory=collections.deque)
     # Serializes engine operations (pause/unpause/remove) on this container.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

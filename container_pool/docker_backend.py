@@ -5,17 +5,17 @@ The docker SDK is blocking, so each call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
-from datetime import datetime, timezone
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 
-from typing import Callable
 
-from container_pool.backend import ContainerHandle, ContainerSpec, ExitInfo, ImageUnavailable, LogLine
+from container_pool.backend import ContainerHandle, ContainerSpec, ExitInfo, ImageUnavailable, LogSource
+from container_pool.freezer import CgroupFreezer
+from container_pool.logs import open_log_source
 from container_pool.runtimes import PROXY_PORT
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,12 @@ def default_network(client: docker.DockerClient) -> str:
 
 
 class DockerBackend:
-    def __init__(self, client: docker.DockerClient, network: str):
+    def __init__(self, client: docker.DockerClient, network: str, freeze_directly: bool = True):
         self._client = client
         self._network = network
+        self._freeze_directly = freeze_directly
+        self._freezers: dict[str, CgroupFreezer] = {}   # container id -> its freezer, when writable
+        self._log_paths: dict[str, str] = {}   # container id -> engine log file, until logs() asks
 
     async def create(self, spec: ContainerSpec) -> ContainerHandle:
         return await asyncio.to_thread(self._create, spec)
@@ -55,6 +58,11 @@ class DockerBackend:
             security_opt=["no-new-privileges"],
         )
         container.reload()
+        self._log_paths[container.id] = container.attrs.get("LogPath") or ""
+        if self._freeze_directly:
+            freezer = CgroupFreezer.for_pid(container.attrs.get("State", {}).get("Pid") or 0)
+            if freezer is not None:
+                self._freezers[container.id] = freezer
         networks = container.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
         ip = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
         if not ip:
@@ -63,12 +71,25 @@ class DockerBackend:
         return ContainerHandle(container.id, spec.name, f"{ip}:{PROXY_PORT}")
 
     async def pause(self, handle: ContainerHandle) -> None:
-        await asyncio.to_thread(self._client.api.pause, handle.id)
+        freezer = self._freezers.get(handle.id)
+        if freezer is not None:
+            await freezer.freeze()
+        else:
+            await asyncio.to_thread(self._client.api.pause, handle.id)
 
     async def unpause(self, handle: ContainerHandle) -> None:
-        await asyncio.to_thread(self._client.api.unpause, handle.id)
+        freezer = self._freezers.get(handle.id)
+        if freezer is not None:
+            freezer.thaw()
+        else:
+            await asyncio.to_thread(self._client.api.unpause, handle.id)
 
     async def remove(self, handle: ContainerHandle) -> None:
+        freezer = self._freezers.pop(handle.id, None)
+        if freezer is not None and freezer.frozen:
+            with contextlib.suppress(OSError):   # already gone with its cgroup
+                freezer.thaw()
+
         def remove() -> None:
             try:
                 self._client.api.remove_container(handle.id, force=True)
@@ -79,31 +100,11 @@ class DockerBackend:
                     raise
         await asyncio.to_thread(remove)
 
-    def follow_logs(self, handle: ContainerHandle, sink: Callable[[LogLine], None]) -> None:
-        # One follow stream per output stream, each read by a thread: the engine pushes lines as
-        # they are written, so collecting an activation's logs needs no polling. (Podman stamps
-        # lines only to the second and its attach cannot demultiplex, so read time is the stamp.)
-        loop = asyncio.get_running_loop()
-        for stream in ("stdout", "stderr"):
-            threading.Thread(target=self._pump, args=(handle.id, stream, loop, sink),
-                             name=f"logs-{handle.name}-{stream}", daemon=True).start()
-
-    def _pump(self, container_id: str, stream: str, loop: asyncio.AbstractEventLoop,
-              sink: Callable[[LogLine], None]) -> None:
-        pending = b""
-        try:
-            chunks = self._client.api.logs(container_id, stdout=stream == "stdout", stderr=stream == "stderr",
-                                           stream=True, follow=True)
-            for chunk in chunks:
-                pending += chunk
-                while b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
-                    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                    loop.call_soon_threadsafe(sink, LogLine(stamp, stream, line.decode("utf-8", "replace")))
-        except Exception as exc:   # the container is gone, or the engine restarted
-            log.debug("log stream of %s ended: %s", container_id[:12], exc)
-        except BaseException:
-            pass
+    def logs(self, handle: ContainerHandle) -> LogSource:
+        def streams(stream: str):
+            return self._client.api.logs(handle.id, stdout=stream == "stdout", stderr=stream == "stderr",
+                                         stream=True, follow=True)
+        return open_log_source(self._log_paths.pop(handle.id, None), streams, handle.name)
 
     async def inspect(self, handle: ContainerHandle) -> ExitInfo:
         def inspect() -> ExitInfo:

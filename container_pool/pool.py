@@ -212,7 +212,7 @@ class ContainerPool:
             container.move(State.REMOVING)
             await self._forget(container)
             raise
-        self._backend.follow_logs(container.handle, container.logs.put_nowait)
+        container.log_source = self._backend.logs(container.handle)
 
     # Stem cells
 
@@ -282,30 +282,41 @@ class ContainerPool:
         outcome.logs = await self._collect_logs(container, job, wait_for_sentinels=outcome.error is None)
 
     async def _diagnose(self, container: PooledContainer) -> str:
-        info = await self._backend.inspect(container.handle)
+        # The proxy's connection drops a moment before the container's init exits: give it time.
+        for _ in range(20):
+            info = await self._backend.inspect(container.handle)
+            if not info.running:
+                break
+            await asyncio.sleep(0.05)
         # The OOMKilled flag is not reliable on every engine; exit 137 (SIGKILL) is.
         return "oom" if info.oom_killed or info.exit_code == 137 else "crashed"
 
     async def _collect_logs(self, container: PooledContainer, job: Job, wait_for_sentinels: bool) -> list[str]:
-        """This activation's log lines: those before the sentinel on stdout and on stderr."""
+        """This activation's log lines: those before its two sentinels (stdout's and stderr's).
+
+        The proxy writes both sentinels before it answers, so they are usually there at the
+        first read; the engine may still be copying them, hence short growing waits. Sentinels
+        are counted, not matched per stream, so that activations running together in one
+        container (concurrency > 1) each take two and none waits for ever; their lines may
+        interleave, as in OpenWhisk."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._config.log_wait_s if wait_for_sentinels else 0.05)
+        pending, source = container.unclaimed, container.log_source
         lines: list[str] = []
-        seen: set[str] = set()
-        size, truncated = 0, False
-        while len(seen) < 2:
-            try:
-                line = container.logs.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+        sentinels = 0
+        size, truncated, pause = 0, False, 0.0005
+        while sentinels < 2:
+            if not pending:
+                pending.extend(source.read() if source else ())
+            if not pending:
+                if loop.time() >= deadline:
                     break
-                try:
-                    line = await asyncio.wait_for(container.logs.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.02)
+                continue
+            line = pending.popleft()
             if line.text == LOG_SENTINEL:
-                seen.add(line.stream)
+                sentinels += 1
                 continue
             entry = f"{line.time} {line.stream}: {line.text}"
             size += len(entry)
@@ -347,6 +358,8 @@ class ContainerPool:
     async def _remove(self, container: PooledContainer) -> None:
         if container.state is not State.REMOVING:
             container.move(State.REMOVING)
+        if container.log_source is not None:
+            container.log_source.close()
         if container.handle is not None:
             async with container.lock:
                 try:

@@ -28,7 +28,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     nc = await bus.connect(cfg.nats, f"invoker{cfg.invoker.id}")
     client = docker_client(cfg)
     network = cfg.invoker.network or await asyncio.to_thread(default_network, client)
-    pool = ContainerPool(DockerBackend(client, network), ProxyClient(cfg.limits.payload_max_bytes),
+    pool = ContainerPool(DockerBackend(client, network, cfg.pool.freeze_directly), ProxyClient(cfg.limits.payload_max_bytes),
                          cfg.pool, cfg.invoker.user_memory_mb, cfg.invoker.id)
     await pool.start()
     try:

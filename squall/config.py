@@ -108,6 +108,9 @@ class InvokerConfig:
 class PoolConfig:
     # Pause an idle warm container after this many seconds (OpenWhisk: 50 ms); negative: never.
     pause_grace_s: float = 0.05
+    # Pause and unpause through the container's cgroup freezer when the invoker may write it
+    # (same host, root): ~0.05 ms instead of ~7 ms through the engine's API. Else the API.
+    freeze_directly: bool = True
     # Remove an idle warm container after this many seconds (OpenWhisk: 10 minutes).
     idle_timeout_s: float = 600.0
     # How long a new container's proxy may take to accept its first connection.

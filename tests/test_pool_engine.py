@@ -16,6 +16,7 @@ import pytest
 
 from container_pool.container import ActionKey, State
 from container_pool.docker_backend import DockerBackend, default_network
+from container_pool.freezer import CgroupFreezer
 from container_pool.pool import INVOKER_LABEL, MANAGED_LABEL, ContainerPool, Job
 from container_pool.proxy_client import ProxyClient
 from container_pool.runtimes import resolve
@@ -97,11 +98,16 @@ def result(outcome) -> dict:
 
 
 def engine_state(engine, host: str) -> str | None:
+    """The engine's view, except that a container frozen through its cgroup reads "paused"."""
     client, _ = engine
     try:
-        return client.api.inspect_container(host)["State"]["Status"]
+        state = client.api.inspect_container(host)["State"]
     except docker.errors.NotFound:
         return None
+    freezer = CgroupFreezer.for_pid(state.get("Pid") or 0)
+    if state["Status"] == "running" and freezer is not None and freezer.is_frozen():
+        return "paused"
+    return state["Status"]
 
 
 async def test_warm_reuse_and_a_new_revision_gets_a_new_container(pools):
@@ -131,21 +137,25 @@ async def test_prewarmed_stem_cell_serves_the_first_invocation(pools):
     assert pool.snapshot() == {"idle": 1, "prewarmed": 1}
 
 
-async def test_pause_after_grace_and_unpause_on_reuse(pools, engine):
+@pytest.mark.parametrize("freeze_directly", [True, False], ids=["cgroup-freezer", "engine-api"])
+async def test_pause_after_grace_and_unpause_on_reuse(pools, engine, freeze_directly):
     pool = await pools.make(pause_grace_s=0.05)
+    pool._backend._freeze_directly = freeze_directly
     host = result(await pool.run(job("z")))["host"]
     await asyncio.sleep(0.5)
     assert engine_state(engine, host) == "paused"
     again = await pool.run(job("z"))
     assert again.start == "unpaused" and result(again)["host"] == host
     assert engine_state(engine, host) == "running"
+    await asyncio.sleep(0.5)
+    assert engine_state(engine, host) == "paused"   # removal of a paused container works too
 
 
 async def test_idle_containers_are_removed_after_the_idle_timeout(pools, engine):
     pool = await pools.make(idle_timeout_s=0.5)
     host = result(await pool.run(job("idle")))["host"]
     for _ in range(60):
-        if engine_state(engine, host) is None:
+        if engine_state(engine, host) is None and pool.snapshot() == {}:
             break
         await asyncio.sleep(0.1)
     assert engine_state(engine, host) is None and pool.snapshot() == {}

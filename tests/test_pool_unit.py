@@ -26,6 +26,7 @@ class FakeProxy:
     def __init__(self, delay: float):
         self.delay = delay
         self.inits = 0
+        self.lines: list[LogLine] = []
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> str:
@@ -47,9 +48,21 @@ class FakeProxy:
         body = await request.json()
         await asyncio.sleep(body["value"].get("sleep", self.delay))
         for stream in ("stdout", "stderr"):
-            self.sink(LogLine("2026-01-01T00:00:00.000001Z", stream, f"ran on {stream}"))
-            self.sink(LogLine("2026-01-01T00:00:00.000002Z", stream, "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"))
+            self.lines.append(LogLine("2026-01-01T00:00:00.000001Z", stream, f"ran on {stream}"))
+            self.lines.append(LogLine("2026-01-01T00:00:00.000002Z", stream, "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"))
         return web.json_response({"echo": body["value"]})
+
+
+class FakeLogSource:
+    def __init__(self, proxy: FakeProxy):
+        self.proxy = proxy
+
+    def read(self):
+        lines, self.proxy.lines = self.proxy.lines, []
+        return lines
+
+    def close(self):
+        pass
 
 
 class InMemoryBackend:
@@ -79,8 +92,8 @@ class InMemoryBackend:
         if proxy and proxy.runner:
             await proxy.runner.cleanup()
 
-    def follow_logs(self, handle, sink):
-        self.proxies[handle.name].sink = sink
+    def logs(self, handle):
+        return FakeLogSource(self.proxies[handle.name])
 
     async def inspect(self, handle):
         return ExitInfo(True, None, False)

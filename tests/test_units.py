@@ -99,3 +99,25 @@ def test_interpret(outcome, code, text):
     assert resp["statusCode"] == code and resp["success"] is (code == records.SUCCESS)
     if text:
         assert text in json.dumps(resp["result"])
+
+
+def test_file_log_source_reads_podman_and_docker_formats(tmp_path):
+    from container_pool.logs import FileLogSource
+    k8s = tmp_path / "ctr.log"
+    k8s.write_text("2026-11-24T19:49:35.820681773+00:00 stdout F hello world\n"
+                   "2026-11-24T19:49:35.820681774+00:00 stderr P long \n")
+    source = FileLogSource(str(k8s))
+    assert [(l.time, l.stream, l.text) for l in source.read()] == [
+        ("2026-11-24T19:49:35.820681773Z", "stdout", "hello world")]
+    with k8s.open("a") as f:
+        f.write("2026-11-24T19:49:35.820681775+00:00 stderr F line\n2026-11-24T19:49:35.8")   # a line in flight
+    assert [(l.stream, l.text) for l in source.read()] == [("stderr", "long line")]
+    with k8s.open("a") as f:
+        f.write("2+00:00 stdout F done\n")
+    assert [l.text for l in source.read()] == ["done"]
+    source.close()
+
+    docker_log = tmp_path / "json.log"
+    docker_log.write_text('{"log":"hi\\n","stream":"stdout","time":"2026-11-24T19:49:35.1Z"}\n')
+    assert [(l.time, l.stream, l.text) for l in FileLogSource(str(docker_log)).read()] == [
+        ("2026-11-24T19:49:35.1Z", "stdout", "hi")]
