@@ -88,6 +88,9 @@ class ContainerPool:
                 raise ValueError(f"prewarm: unknown runtime kind {cells.kind!r}")
             self._stem_floor[(runtime.kind, cells.memory_mb)] = cells.count
         self._stem_target = dict(self._stem_floor)
+        self._waiting = 0          # jobs waiting for memory: they come before stem cells
+        self._stem_failed: dict[tuple[str, int], float] = {}   # when a stem cell last failed to start
+        self._stopping = False
 
     @property
     def labels(self) -> dict[str, str]:
@@ -106,6 +109,7 @@ class ContainerPool:
             self._refill()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._reaper:
             self._reaper.cancel()
         for task in list(self._tasks):
@@ -162,7 +166,11 @@ class ContainerPool:
                     start, was_paused = "cold", False
                     self._demand_grows(job)
                     break
-                await self._changed.wait()
+                self._waiting += 1
+                try:
+                    await self._changed.wait()
+                finally:
+                    self._waiting -= 1
         if was_paused:
             async with warm.lock:
                 await self._backend.unpause(warm.handle)
@@ -209,6 +217,8 @@ class ContainerPool:
                 image=image, memory_mb=container.memory_mb, name=name,
                 labels=self.labels, pids_limit=self._config.pids_limit))
         except Exception:
+            if container.stem_cell:   # before _forget, which refills: do not retry at once
+                self._stem_failed[(container.kind, container.memory_mb)] = time.monotonic()
             container.move(State.REMOVING)
             await self._forget(container)
             raise
@@ -217,9 +227,14 @@ class ContainerPool:
     # Stem cells
 
     def _refill(self) -> None:
-        """Start the stem cells missing from each target, as far as free memory allows.
-        Called with self._changed held."""
+        """Start the stem cells missing from each target, as far as free memory allows and no
+        job waits for it. Called with self._changed held."""
+        if self._waiting or self._stopping:
+            return
+        now = time.monotonic()
         for (kind, memory_mb), target in self._stem_target.items():
+            if now - self._stem_failed.get((kind, memory_mb), -60.0) < 5.0:
+                continue   # its image or engine just failed: do not spin
             have = sum(1 for c in self._containers if c.stem_cell and c.kind == kind and c.memory_mb == memory_mb)
             for _ in range(target - have):
                 if self._capacity - self.used_mb() < memory_mb:
@@ -374,6 +389,7 @@ class ContainerPool:
             if container in self._containers:
                 self._containers.remove(container)
             self._changed.notify_all()
+            self._refill()   # memory was freed: stem cells missing for lack of it may fit now
 
     async def _reap_idle(self) -> None:
         while True:

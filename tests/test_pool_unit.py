@@ -229,3 +229,27 @@ async def test_stem_cells_are_evicted_before_warm_containers():
     assert cold.start == "cold"
     assert (await pool.run(job("a", memory=256))).start == "warm"
     await pool.stop()
+
+
+async def test_stem_cells_refill_when_memory_frees_and_do_not_spin_on_failure():
+    backend = InMemoryBackend()
+    pool = await make_pool(backend, memory=512, prewarm=("python:3.11@256=1",), idle=0.3)
+    await settle(pool)
+    await pool.run(job("a"))                    # takes the stem cell; the refill fills the budget
+    await pool.run(job("b"))                    # evicts that stem cell
+    await asyncio.sleep(1.0)                    # "a" and "b" idle out: memory frees, the stem cell returns
+    assert pool.snapshot() == {"prewarmed": 1}
+    await pool.stop()
+
+    failing = InMemoryBackend()
+    creates = 0
+
+    async def broken(spec):
+        nonlocal creates
+        creates += 1
+        raise RuntimeError("no such image")
+    failing.create = broken
+    pool = await make_pool(failing, prewarm=("python:3.11@256=1",))
+    await asyncio.sleep(0.3)
+    assert creates == 1 and pool.snapshot() == {}
+    await pool.stop()
