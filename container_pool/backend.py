@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import AsyncIterator, Protocol
 
 
 class ImageUnavailable(Exception):
@@ -67,6 +67,9 @@ class ContainerBackend(Protocol):
         """The container's output (stdout and stderr interleaved as written)."""
 
     async def inspect(self, handle: ContainerHandle) -> ExitInfo: ...
+
+    def exits(self, labels: dict[str, str]) -> AsyncIterator[str]:
+        """Ids of containers carrying these labels, as each one stops (for whatever reason)."""
 
     async def list(self, labels: dict[str, str]) -> list[ContainerHandle]:
         """Containers (running or not) carrying all these labels."""

@@ -77,6 +77,8 @@ class PooledContainer:
     # The container's output, and lines read from it that no activation has claimed yet.
     log_source: LogSource | None = None
     unclaimed: collections.deque[LogLine] = field(default_factory=collections.deque)
+    # Set when the engine reports the container stopped, so a run waiting on it ends at once.
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
     # Serializes engine operations (pause/unpause/remove) on this container.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

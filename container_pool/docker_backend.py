@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from typing import AsyncIterator
 import logging
 
 import docker
@@ -114,6 +116,35 @@ class DockerBackend:
                 return ExitInfo(False, None, False)
             return ExitInfo(bool(state.get("Running")), state.get("ExitCode"), bool(state.get("OOMKilled")))
         return await asyncio.to_thread(inspect)
+
+    async def exits(self, labels: dict[str, str]) -> AsyncIterator[str]:
+        # The engine's event stream, read in a thread; reconnects if the engine restarts.
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        stopped = threading.Event()
+
+        def pump() -> None:
+            # Filtered by label only: Podman names the event "died" in filters (Docker "die")
+            # and ignores an event filter combined with labels; the action is checked here.
+            filters = {"type": ["container"], "label": [f"{k}={v}" for k, v in labels.items()]}
+            while not stopped.is_set():
+                try:
+                    for event in self._client.api.events(filters=filters, decode=True):
+                        if stopped.is_set():
+                            return
+                        cid = event.get("id") or event.get("Actor", {}).get("ID")
+                        if cid and (event.get("Action") or event.get("status")) == "die":
+                            loop.call_soon_threadsafe(queue.put_nowait, cid)
+                except Exception as exc:
+                    log.debug("event stream ended, reconnecting: %s", exc)
+                    stopped.wait(1.0)
+
+        threading.Thread(target=pump, name="engine-events", daemon=True).start()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            stopped.set()
 
     async def list(self, labels: dict[str, str]) -> list[ContainerHandle]:
         def list_() -> list[ContainerHandle]:

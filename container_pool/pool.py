@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from container_pool.backend import ContainerBackend, ContainerSpec
 from container_pool.container import ActionKey, PooledContainer, State
-from container_pool.proxy_client import ProxyClient, ProxyReply, ProxyTimeout, ProxyUnreachable
+from container_pool.proxy_client import ProxyClient, ProxyRefused, ProxyReply, ProxyTimeout, ProxyUnreachable
 from container_pool.runtimes import LOG_SENTINEL, resolve
 from squall.config import PoolConfig
 
@@ -53,7 +53,7 @@ class Job:
 @dataclass
 class Outcome:
     start: str                      # "cold", "prewarmed", "warm" or "unpaused"
-    error: str | None = None        # None, "init_failed", "timeout", "oom", "crashed"
+    error: str | None = None        # None, "init_failed", "timeout", "oom", "crashed", "refused"
     init_ms: int | None = None      # present when the code was initialized for this job
     init_reply: ProxyReply | None = None
     run_reply: ProxyReply | None = None
@@ -80,6 +80,7 @@ class ContainerPool:
         self._names = itertools.count()
         self._tasks: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
         # Stem cells wanted per (kind, memory): configured floor and current target.
         self._stem_floor: dict[tuple[str, int], int] = {}
         for cells in config.stem_cells():
@@ -105,13 +106,15 @@ class ContainerPool:
             log.info("removing %d orphaned containers", len(orphans))
             await asyncio.gather(*(self._backend.remove(h) for h in orphans), return_exceptions=True)
         self._reaper = asyncio.create_task(self._reap_idle())
+        self._watcher = asyncio.create_task(self._watch_exits())
         async with self._changed:
             self._refill()
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._reaper:
-            self._reaper.cancel()
+        for task in (self._reaper, self._watcher):
+            if task:
+                task.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(self._remove(c) for c in list(self._containers)), return_exceptions=True)
@@ -136,9 +139,14 @@ class ContainerPool:
                 if not await self._initialize(container, job, outcome):
                     return outcome
             await self._run(container, job, outcome)
-            return outcome
         finally:
-            await self._release(container, healthy=outcome.error in (None,))
+            await self._release(container, healthy=outcome.error is None)
+        if outcome.error == "refused" and start in ("warm", "unpaused"):
+            # A warm container that died while idle never got the request: nothing ran, so
+            # run it once more on another container rather than fail the activation.
+            log.warning("container %s was gone; running on another one", container.name)
+            outcome = await self.run(job)
+        return outcome
 
     async def _acquire(self, job: Job) -> tuple[PooledContainer, str]:
         async with self._changed:
@@ -263,12 +271,28 @@ class ContainerPool:
             self._stem_target[key] += 1
             self._refill()
 
+    async def _post(self, container: PooledContainer, path: str, body: bytes, timeout_s: float,
+                    connect_retry_s: float = 0.0) -> ProxyReply:
+        """POST to the container's proxy, but give up as soon as the container is reported gone:
+        a dead container's address may swallow packets until the action's timeout."""
+        request = asyncio.ensure_future(self._client.post(container.handle.address, path, body, timeout_s,
+                                                          connect_retry_s=connect_retry_s))
+        exited = asyncio.ensure_future(container.exited.wait())
+        try:
+            await asyncio.wait((request, exited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+        if request.done():
+            return request.result()
+        request.cancel()
+        raise ProxyUnreachable("the container stopped")
+
     async def _initialize(self, container: PooledContainer, job: Job, outcome: Outcome) -> bool:
         started = time.monotonic()
         try:
-            reply = await self._client.post(container.handle.address, "/init", job.init_body,
-                                            timeout_s=max(job.timeout_s, self._config.start_timeout_s),
-                                            connect_retry_s=self._config.start_timeout_s)
+            reply = await self._post(container, "/init", job.init_body,
+                                     timeout_s=max(job.timeout_s, self._config.start_timeout_s),
+                                     connect_retry_s=self._config.start_timeout_s)
         except ProxyTimeout:
             outcome.error, outcome.detail = "timeout", "init"
         except ProxyUnreachable as exc:
@@ -288,9 +312,12 @@ class ContainerPool:
     async def _run(self, container: PooledContainer, job: Job, outcome: Outcome) -> None:
         outcome.run_start_ms = _now_ms()
         try:
-            outcome.run_reply = await self._client.post(container.handle.address, "/run", job.run_body, job.timeout_s)
+            outcome.run_reply = await self._post(container, "/run", job.run_body, job.timeout_s)
         except ProxyTimeout:
             outcome.error = "timeout"
+        except ProxyRefused as exc:
+            outcome.error, outcome.detail = "refused", str(exc)
+            return
         except ProxyUnreachable as exc:
             outcome.error, outcome.detail = await self._diagnose(container), str(exc)
         outcome.run_end_ms = _now_ms()
@@ -390,6 +417,20 @@ class ContainerPool:
                 self._containers.remove(container)
             self._changed.notify_all()
             self._refill()   # memory was freed: stem cells missing for lack of it may fit now
+
+    async def _watch_exits(self) -> None:
+        """A container that stops while nobody uses it is dropped at once, so that no activation
+        is sent to it; one that stops while busy ends its runs at once (see _post)."""
+        async for container_id in self._backend.exits(self.labels):
+            async with self._changed:
+                for c in self._containers:
+                    if c.handle is None or c.handle.id != container_id:
+                        continue
+                    c.exited.set()
+                    if c.state in (State.IDLE, State.PAUSED, State.PREWARMED):
+                        log.warning("container %s stopped while %s: replacing it", c.name, c.state.value)
+                        c.move(State.REMOVING)
+                        self._spawn(self._remove(c))
 
     async def _reap_idle(self) -> None:
         while True:

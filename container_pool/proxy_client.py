@@ -26,6 +26,10 @@ class ProxyUnreachable(Exception):
     """The proxy could not be reached or dropped the connection."""
 
 
+class ProxyRefused(ProxyUnreachable):
+    """No connection could be made at all: the request was certainly not received."""
+
+
 class ProxyClient:
     def __init__(self, max_body: int):
         self._max_body = max_body
@@ -66,6 +70,8 @@ class ProxyClient:
                 if time.monotonic() < retry_until:
                     await asyncio.sleep(0.005)
                     continue
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    raise ProxyRefused(str(exc)) from None
                 raise ProxyUnreachable(str(exc)) from None
             except aiohttp.ClientError as exc:
                 raise ProxyUnreachable(str(exc)) from None

@@ -41,7 +41,7 @@ def interpret(outcome: Outcome, timeout_ms: int, max_result_bytes: int) -> dict:
         return response(DEVELOPER_ERROR, {"error": f"The action exceeded its time limits of {timeout_ms} milliseconds{during}."})
     if outcome.error == "oom":
         return response(DEVELOPER_ERROR, {"error": "The action exhausted its memory and was aborted."})
-    if outcome.error == "crashed":
+    if outcome.error in ("crashed", "refused"):
         return response(DEVELOPER_ERROR, {"error": "The action did not produce a valid response and exited unexpectedly."})
     if outcome.error == "init_failed":
         reply = outcome.init_reply

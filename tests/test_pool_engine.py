@@ -250,3 +250,25 @@ async def test_orphans_of_a_crashed_invoker_are_removed_at_its_next_start(pools,
     left = client.containers.list(all=True, filters={"label": [f"{MANAGED_LABEL}=true",
                                                                f"{INVOKER_LABEL}={labels[INVOKER_LABEL]}"]})
     assert left == []
+
+
+async def test_a_warm_container_that_died_while_idle_is_replaced_without_failing(pools, engine):
+    client, _ = engine
+    pool = await pools.make()
+    host = result(await pool.run(job("dead")))["host"]
+    client.api.kill(host)                                 # dies between two activations
+    await asyncio.sleep(0.5)                              # the engine reports it; the pool drops it
+    again = await pool.run(job("dead"))
+    assert again.start == "cold" and result(again)["host"] != host
+
+
+async def test_a_container_killed_mid_activation_ends_it_at_once(pools, engine):
+    client, _ = engine
+    pool = await pools.make()
+    host = result(await pool.run(job("killed", timeout_s=30)))["host"]
+    running = asyncio.create_task(pool.run(job("killed", timeout_s=30, sleep=20)))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    client.api.kill(host)
+    outcome = await asyncio.wait_for(running, 10)
+    assert outcome.error in ("crashed", "oom") and time.monotonic() - started < 5

@@ -101,6 +101,11 @@ class InMemoryBackend:
     async def list(self, labels):
         return []
 
+    async def exits(self, labels):
+        self.died: asyncio.Queue[str] = asyncio.Queue()
+        while True:
+            yield await self.died.get()
+
 
 def job(name: str, memory: int = 256, revision: str = "1", **value) -> Job:
     return Job(key=ActionKey("ns", name, revision, memory), kind="python:3.11", image="fake",
