@@ -60,6 +60,10 @@ class ContainerBackend(Protocol):
 
     async def unpause(self, handle: ContainerHandle) -> None: ...
 
+    async def kill(self, handle: ContainerHandle) -> bool:
+        """Kill the container's processes at once, if this backend can do that quickly (its memory
+        is then free); False if only remove() can stop it."""
+
     async def remove(self, handle: ContainerHandle) -> None:
         """Remove the container, killing it if needed; removing a gone container is not an error."""
 

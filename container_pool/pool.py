@@ -10,7 +10,9 @@ released.
 Stem cells are kept per (kind, memory) at a target count: the configured one at
 first; every cold start of that kind and memory raises it by one (up to
 prewarm_max) and a stem cell unused for prewarm_ttl_s lowers it again. A taken
-stem cell is replaced at once, if the budget allows without evicting anything.
+stem cell is replaced at once: up to the configured count by evicting idle warm
+containers if memory is short, beyond it only from free memory. Jobs evict warm
+containers before stem cells.
 Memory of a container counts from the moment it is planned until its removal
 has finished, so the budget is never exceeded, even for a moment.
 
@@ -195,14 +197,16 @@ class ContainerPool:
         return next((c for c in self._containers if c.stem_cell and c.state is State.PREWARMED
                      and c.kind == job.kind and c.memory_mb == job.key.memory_mb), None)
 
-    def _make_room(self, memory_mb: int) -> bool:
+    def _make_room(self, memory_mb: int, stem_cells_too: bool = True) -> bool:
         """True if memory_mb fits now, after removing least recently used idle containers if needed."""
         free = self._capacity - self.used_mb()
         if free >= memory_mb:
             return True
-        # Stem cells go first (they serve nobody yet), then warm ones, least recently used first.
-        idle = sorted((c for c in self._containers if c.state in (State.IDLE, State.PAUSED, State.PREWARMED)),
-                      key=lambda c: (not c.stem_cell, c.last_used))
+        # Warm ones go first, least recently used first; stem cells (the configured floor, which
+        # serves every new action of its kind) only when nothing else frees enough.
+        idle = sorted((c for c in self._containers if c.state in (State.IDLE, State.PAUSED)
+                       or (stem_cells_too and c.state is State.PREWARMED)),
+                      key=lambda c: (c.stem_cell, c.last_used))
         reclaimable = sum(c.memory_mb for c in idle)
         if free + reclaimable < memory_mb:
             return False
@@ -244,9 +248,12 @@ class ContainerPool:
             if now - self._stem_failed.get((kind, memory_mb), -60.0) < 5.0:
                 continue   # its image or engine just failed: do not spin
             have = sum(1 for c in self._containers if c.stem_cell and c.kind == kind and c.memory_mb == memory_mb)
-            for _ in range(target - have):
-                if self._capacity - self.used_mb() < memory_mb:
-                    return
+            for n in range(have, target):
+                # Up to the configured count, stem cells displace idle warm containers; the
+                # reactive extras only take free memory.
+                if not self._make_room(memory_mb, stem_cells_too=False) if n < self._stem_floor[(kind, memory_mb)] \
+                        else self._capacity - self.used_mb() < memory_mb:
+                    return   # (a removal under way frees the memory; _forget calls back here)
                 cell = PooledContainer(kind=kind, memory_mb=memory_mb, stem_cell=True)
                 self._containers.append(cell)
                 self._spawn(self._start_stem_cell(cell))
@@ -402,13 +409,20 @@ class ContainerPool:
             container.move(State.REMOVING)
         if container.log_source is not None:
             container.log_source.close()
+        forgotten = False
         if container.handle is not None:
             async with container.lock:
                 try:
+                    if await self._backend.kill(container.handle):
+                        # Its processes are gone, and their memory with them: hand the memory on
+                        # now; the engine's bookkeeping (removal) follows in the background.
+                        await self._forget(container)
+                        forgotten = True
                     await self._backend.remove(container.handle)
                 except Exception as exc:
                     log.warning("removal of %s failed: %s", container.name, exc)
-        await self._forget(container)
+        if not forgotten:
+            await self._forget(container)
 
     async def _forget(self, container: PooledContainer) -> None:
         async with self._changed:

@@ -68,7 +68,7 @@ class ProxyClient:
                 raise ProxyTimeout() from None
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
                 if time.monotonic() < retry_until:
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.001)   # the proxy is starting: it will listen soon
                     continue
                 if isinstance(exc, aiohttp.ClientConnectorError):
                     raise ProxyRefused(str(exc)) from None

@@ -1,66 +1,241 @@
-"""`make bench`: figures measured side by side in one run against the running stack.
+"""`make bench`: the container pool's figures, measured side by side in one run on the real stack.
 
-Minimal for now: warm blocking invocations of a no-op action through the edge,
-against the same action's cold first call. Prints a table and writes JSON
-under .squall/bench/.
+Every figure is client-side wall time over several samples (a warm-up excluded), reported as
+count, median and p95, and the ratios the pool is judged by are computed from figures of the same
+run (this machine is small and noisy: only same-run comparisons mean anything):
+
+  raw engine start   create + start of the runtime image through the same Docker API, until its
+                     proxy answers HTTP; no Squall involved
+  cold               first invocation of a new action with a memory size that has no stem cells
+  prewarmed          first invocation of a new action that finds a stem cell
+  warm               repeated invocation, end to end through the edge
+  direct /run        POST /run straight to the same warm container
+  unpaused           invocation of an action whose container has been paused
+
+The table is printed and written, with the environment, as JSON under .squall/bench/.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import platform
 import statistics
 import time
 import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import docker
 import requests
 
+from container_pool.docker_backend import default_network
+from container_pool.runtimes import PROXY_PORT, resolve
 from squall.config import SquallConfig
 from squall.demo import read_wskprops
 
-NOOP = "def main(args):\n    return {}\n"
+ACTION = "import socket\ndef main(args):\n    return {'host': socket.gethostname()}\n"
 
 
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+@dataclass
+class Figure:
+    name: str
+    samples_ms: list[float] = field(default_factory=list)
+    starts: dict[str, int] = field(default_factory=dict)   # containerStart values seen
+
+    def add(self, ms: float, start: str | None = None) -> None:
+        self.samples_ms.append(ms)
+        if start:
+            self.starts[start] = self.starts.get(start, 0) + 1
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.samples_ms) if self.samples_ms else float("nan")
+
+    @property
+    def p95(self) -> float:
+        if not self.samples_ms:
+            return float("nan")
+        ordered = sorted(self.samples_ms)
+        return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+    def summary(self) -> dict:
+        return {"name": self.name, "n": len(self.samples_ms), "p50_ms": round(self.p50, 2),
+                "p95_ms": round(self.p95, 2), "containerStart": self.starts}
 
 
-def figure(name: str, samples_ms: list[float]) -> dict:
-    return {"name": name, "n": len(samples_ms), "p50_ms": round(statistics.median(samples_ms), 2),
-            "p95_ms": round(percentile(samples_ms, 95), 2)}
+class Bench:
+    def __init__(self, cfg: SquallConfig):
+        props = read_wskprops(cfg.paths.state / "wskprops")
+        self.api = props["APIHOST"] + "/api/v1/namespaces/_/actions/"
+        self.edge = requests.Session()
+        self.edge.auth = tuple(props["AUTH"].split(":", 1))
+        self.direct = requests.Session()
+        host = cfg.invoker.docker_host or os.environ.get("DOCKER_HOST") or \
+            f"unix://{cfg.paths.state / 'run' / 'podman.sock'}"
+        self.engine = docker.DockerClient(base_url=host, timeout=120)
+        self.network = default_network(self.engine)
+        self.image = resolve("python:3").image
+        self.created: list[str] = []
+
+    # helpers
+
+    def create(self, memory: int) -> str:
+        name = f"bench-{uuid.uuid4().hex[:10]}"
+        r = self.edge.put(self.api + name, json={"exec": {"kind": "python:3", "code": ACTION},
+                                                 "limits": {"memory": memory}})
+        r.raise_for_status()
+        self.created.append(name)
+        return name
+
+    def invoke(self, name: str) -> tuple[float, dict]:
+        started = time.perf_counter()
+        r = self.edge.post(self.api + name + "?blocking=true", json={})
+        ms = (time.perf_counter() - started) * 1000
+        r.raise_for_status()
+        return ms, r.json()
+
+    @staticmethod
+    def start_of(activation: dict) -> str:
+        return next((a["value"] for a in activation.get("annotations", []) if a["key"] == "containerStart"), "?")
+
+    def cleanup(self) -> None:
+        for name in self.created:
+            self.edge.delete(self.api + name)
+
+    # figures
+
+    def raw_engine_start(self, n: int) -> Figure:
+        fig = Figure("raw engine start (create+start+first reply)")
+        for _ in range(n):
+            started = time.perf_counter()
+            container = self.engine.containers.run(
+                self.image, detach=True, init=True, network=self.network, mem_limit="256m",
+                labels={"squall.bench": "true"})
+            try:
+                container.reload()
+                ip = next(v["IPAddress"] for v in container.attrs["NetworkSettings"]["Networks"].values()
+                          if v.get("IPAddress"))
+                while True:
+                    try:
+                        requests.get(f"http://{ip}:{PROXY_PORT}/", timeout=1)
+                        break
+                    except requests.ConnectionError:
+                        time.sleep(0.001)
+                fig.add((time.perf_counter() - started) * 1000)
+            finally:
+                container.remove(force=True)
+        return fig
+
+    def cold(self, n: int) -> Figure:
+        fig = Figure("cold start, end to end")
+        for _ in range(n):
+            ms, activation = self.invoke(self.create(memory=384))   # no stem cells of 384 MB
+            fig.add(ms, self.start_of(activation))
+        return fig
+
+    def prewarmed(self, n: int) -> Figure:
+        fig = Figure("prewarmed first invocation, end to end")
+        for _ in range(n):
+            name = self.create(memory=256)
+            time.sleep(1.5)                                          # let the stem cell be refilled
+            ms, activation = self.invoke(name)
+            fig.add(ms, self.start_of(activation))
+        return fig
+
+    def warm_and_direct(self, n: int) -> tuple[Figure, Figure]:
+        warm, direct = Figure("warm invocation, end to end"), Figure("direct POST /run, same container")
+        name = self.create(memory=256)
+        for _ in range(10):                                          # warm-up
+            _, activation = self.invoke(name)
+        host = activation["response"]["result"]["host"]
+        attrs = self.engine.containers.get(host).attrs
+        ip = next(v["IPAddress"] for v in attrs["NetworkSettings"]["Networks"].values() if v.get("IPAddress"))
+        body = {"value": {}, "namespace": "guest", "action_name": f"/guest/{name}",
+                "activation_id": uuid.uuid4().hex, "deadline": str(int(time.time() * 1000) + 60000)}
+        for _ in range(n):
+            ms, activation = self.invoke(name)
+            warm.add(ms, self.start_of(activation))
+            # Right after, within the pause grace, the container is still running.
+            started = time.perf_counter()
+            try:
+                self.direct.post(f"http://{ip}:{PROXY_PORT}/run", json=body, timeout=1).raise_for_status()
+            except requests.Timeout:
+                continue                                             # paused meanwhile: skip
+            direct.add((time.perf_counter() - started) * 1000)
+        return warm, direct
+
+    def unpaused(self, n: int) -> Figure:
+        fig = Figure("unpaused invocation, end to end")
+        name = self.create(memory=256)
+        for _ in range(5):
+            self.invoke(name)
+        for _ in range(n):
+            time.sleep(0.3)                                          # past the pause grace
+            ms, activation = self.invoke(name)
+            fig.add(ms, self.start_of(activation))
+        return fig
 
 
-def main() -> None:
+TARGETS = (  # (ratio name, numerator, denominator, target, "max" or "report")
+    ("cold / raw engine start", "cold", "raw", 1.2),
+    ("prewarmed / raw engine start", "prewarmed", "raw", 0.25),
+    ("warm end to end / direct /run", "warm", "direct", None),
+    ("unpaused / warm", "unpaused", "warm", 1.5),
+)
+
+EXPECTED_START = {"cold": "cold", "prewarmed": "prewarmed", "warm": "warm", "unpaused": "unpaused"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=40, help="samples of the warm figures")
+    parser.add_argument("--start-samples", type=int, default=10, help="samples of the start figures")
+    args = parser.parse_args(argv)
     cfg = SquallConfig.from_env()
-    props = read_wskprops(cfg.paths.state / "wskprops")
-    s = requests.Session()
-    s.auth = tuple(props["AUTH"].split(":", 1))
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    url = f"{props['APIHOST']}/api/v1/namespaces/_/actions/{name}"
-    s.put(url, json={"exec": {"kind": "python:3", "code": NOOP}}).raise_for_status()
-    invoke = url + "?blocking=true&result=true"
+    bench = Bench(cfg)
+    try:
+        figures: dict[str, Figure] = {}
+        figures["raw"] = bench.raw_engine_start(args.start_samples)
+        figures["cold"] = bench.cold(args.start_samples)
+        figures["prewarmed"] = bench.prewarmed(args.start_samples)
+        figures["warm"], figures["direct"] = bench.warm_and_direct(args.samples)
+        figures["unpaused"] = bench.unpaused(args.samples)
+    finally:
+        bench.cleanup()
 
-    t = time.perf_counter()
-    s.post(invoke, json={}).raise_for_status()
-    cold = [(time.perf_counter() - t) * 1000]
-    for _ in range(20):   # warm-up, excluded
-        s.post(invoke, json={}).raise_for_status()
-    warm = []
-    for _ in range(200):
-        t = time.perf_counter()
-        s.post(invoke, json={}).raise_for_status()
-        warm.append((time.perf_counter() - t) * 1000)
-    s.delete(url)
+    print(f"\n{'figure':<46} {'n':>4} {'p50 ms':>9} {'p95 ms':>9}  containerStart seen")
+    for key, fig in figures.items():
+        seen = ", ".join(f"{k} x{v}" for k, v in fig.starts.items())
+        print(f"{fig.name:<46} {len(fig.samples_ms):>4} {fig.p50:>9.1f} {fig.p95:>9.1f}  {seen}")
+        expected = EXPECTED_START.get(key)
+        if expected and set(fig.starts) - {expected}:
+            print(f"  warning: expected only '{expected}' starts for this figure")
+    ratios = []
+    print(f"\n{'ratio (of medians)':<46} {'value':>9} {'target':>9}")
+    for name, num, den, target in TARGETS:
+        value = figures[num].p50 / figures[den].p50
+        met = None if target is None else value <= target
+        ratios.append({"name": name, "value": round(value, 3), "target_max": target, "met": met})
+        verdict = "" if target is None else ("met" if met else "MISSED")
+        print(f"{name:<46} {value:>9.2f} {('<= %.2f' % target) if target else 'report':>9}  {verdict}")
 
-    figures = [figure("first invocation (cold or prewarmed)", cold), figure("warm blocking invoke via edge", warm)]
-    print(f"{'figure':<40} {'n':>5} {'p50 ms':>9} {'p95 ms':>9}")
-    for f in figures:
-        print(f"{f['name']:<40} {f['n']:>5} {f['p50_ms']:>9} {f['p95_ms']:>9}")
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": {"engine": bench.engine.version().get("Components", [{}])[0].get("Name", "?"),
+                        "engine_version": bench.engine.version().get("Version"),
+                        "cpus": os.cpu_count(), "python": platform.python_version()},
+        "figures": [fig.summary() for fig in figures.values()],
+        "ratios": ratios,
+    }
     out = cfg.paths.state / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / time.strftime("bench-%Y%m%d-%H%M%S.json")
-    path.write_text(json.dumps({"figures": figures}, indent=2))
-    print(f"written to {path}")
+    path = out / time.strftime("pool-%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps(report, indent=2))
+    (out / "latest.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

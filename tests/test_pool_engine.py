@@ -102,8 +102,10 @@ def engine_state(engine, host: str) -> str | None:
     client, _ = engine
     try:
         state = client.api.inspect_container(host)["State"]
-    except docker.errors.NotFound:
-        return None
+    except docker.errors.APIError as exc:   # Podman answers 500 while a removal is under way
+        if exc.status_code == 404 or "no such container" in str(exc):
+            return None
+        raise
     freezer = CgroupFreezer.for_pid(state.get("Pid") or 0)
     if state["Status"] == "running" and freezer is not None and freezer.is_frozen():
         return "paused"

@@ -86,6 +86,9 @@ class InMemoryBackend:
     async def unpause(self, handle):
         self.events.append(("unpause", handle.name))
 
+    async def kill(self, handle):
+        return False
+
     async def remove(self, handle):
         self.events.append(("remove", handle.name))
         proxy = self.proxies.pop(handle.name, None)
@@ -224,15 +227,19 @@ async def test_cold_starts_grow_stem_cells_and_unused_ones_shrink():
     await pool.stop()
 
 
-async def test_stem_cells_are_evicted_before_warm_containers():
+async def test_warm_containers_are_evicted_before_stem_cells_which_come_back():
     backend = InMemoryBackend()
     pool = await make_pool(backend, memory=768, prewarm=("python:3.11@256=1",))
     await settle(pool)
     await pool.run(job("a"))                              # takes the stem cell; a new one is started
     await settle(pool)
-    cold = await pool.run(job("b", memory=384))           # needs room: the stem cell goes, "a" stays warm
+    cold = await pool.run(job("b", memory=384))           # needs room: "a" goes, the stem cell stays
     assert cold.start == "cold"
-    assert (await pool.run(job("a", memory=256))).start == "warm"
+    assert pool.snapshot() == {"idle": 1, "prewarmed": 1}
+    await pool.run(job("c", memory=384))                  # full of warm and a stem cell: "b" goes
+    assert (await pool.run(job("d"))).start == "prewarmed"
+    await settle(pool)                                    # the floor's stem cell displaces idle "c"
+    assert pool.snapshot() == {"idle": 1, "prewarmed": 1}
     await pool.stop()
 
 
