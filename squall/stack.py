@@ -251,7 +251,10 @@ def components(cfg: SquallConfig, layout: Layout) -> list[Component]:
     comps: list[Component] = []
     if uses_local_podman(cfg, layout):
         from squall.provision import podman
-        comps.append(Component("podman", podman.service_argv(layout.podman_socket),
+        # Its own working folder: conmon drops files (e.g. "oom") into the current directory.
+        workdir = layout.root / "podman"
+        workdir.mkdir(parents=True, exist_ok=True)
+        comps.append(Component("podman", podman.service_argv(layout.podman_socket), cwd=workdir,
                                ready=lambda: layout.podman_socket.exists() and _podman_ping(layout)))
     nhost, nport = _host_port(cfg.nats.servers[0], 4222)
     if nhost in ("127.0.0.1", "localhost"):
