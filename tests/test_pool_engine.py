@@ -274,3 +274,15 @@ async def test_a_container_killed_mid_activation_ends_it_at_once(pools, engine):
     client.api.kill(host)
     outcome = await asyncio.wait_for(running, 10)
     assert outcome.error in ("crashed", "oom") and time.monotonic() - started < 5
+
+
+async def test_stopping_the_pool_removes_its_containers(pools, engine):
+    client, _ = engine
+    pool = await pools.make(prewarm=("nodejs@128=1",), pause_grace_s=0.05)
+    await pool.run(job("bye"))
+    await asyncio.sleep(0.3)                               # one paused, one stem cell
+    labels = [f"{k}={v}" for k, v in pool.labels.items()]
+    assert len(client.containers.list(all=True, filters={"label": labels})) == 2
+    pools.made.remove(pool)
+    await pool.stop()
+    assert client.containers.list(all=True, filters={"label": labels}) == []
