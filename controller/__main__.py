@@ -8,6 +8,7 @@ import grpc
 
 from controller.auth import Authenticator
 from controller.service import InvokersService, SquallService
+from controller.throttles import Throttles
 from controller.waiters import Waiters
 from proto import squall_pb2_grpc as pb_grpc
 from squall import bus, process
@@ -28,10 +29,11 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     if cfg.controller.guest_auth:
         await auth.ensure_subject("guest", cfg.controller.guest_namespace, cfg.controller.guest_auth)
     waiters = Waiters()
+    throttles = Throttles(cfg.limits)
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    pb_grpc.add_SquallServicer_to_server(SquallService(cfg, store, js, auth, waiters), server)
-    pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters), server)
+    pb_grpc.add_SquallServicer_to_server(SquallService(cfg, store, js, auth, waiters, throttles), server)
+    pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters, throttles), server)
     server.add_insecure_port(f"{cfg.controller.host}:{cfg.controller.port}")
     await server.start()
     log.info("controller listening on %s:%s", cfg.controller.host, cfg.controller.port)

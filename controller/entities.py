@@ -154,3 +154,92 @@ def summary(doc: dict) -> dict:
     if "limits" in doc:
         out["limits"] = doc["limits"]
     return out
+
+
+# Fully qualified names
+
+def split_fqn(path: str, default_namespace: str) -> tuple[str, str]:
+    """OpenWhisk's entity paths to (namespace, name): "/ns/name" and "/ns/pkg/name" are fully
+    qualified, "name" and "pkg/name" are in the default namespace, "_" means the default."""
+    if not isinstance(path, str) or not path.strip("/"):
+        raise BadRequest("The request content was malformed:\nentity name undefined")
+    if path.startswith("/"):
+        parts = path.strip("/").split("/")
+        if len(parts) < 2 or len(parts) > 3:
+            raise BadRequest(f"The entity name '{path}' is not fully qualified.")
+        namespace, name = parts[0], "/".join(parts[1:])
+    else:
+        namespace, name = default_namespace, path
+    namespace = default_namespace if namespace == "_" else namespace
+    return namespace, validate_name(name, allow_package=True)
+
+
+def path_of(namespace: str, name: str) -> dict:
+    """OpenWhisk's {"path", "name"} reference: path is the namespace, plus the package if any."""
+    package, _, short = name.rpartition("/")
+    return {"path": f"{namespace}/{package}" if package else namespace, "name": short}
+
+
+# Packages, triggers, rules
+
+def _common(namespace: str, name: str, body: Any, previous: dict | None) -> dict:
+    if not isinstance(body, dict):
+        raise BadRequest("The request content was malformed:\nexpected a JSON object")
+    prev = previous or {}
+    return {
+        "namespace": namespace,
+        "name": name,
+        "version": bump_version(prev["version"]) if previous else "0.0.1",
+        "parameters": key_values(body, "parameters") if "parameters" in body else prev.get("parameters", []),
+        "annotations": key_values(body, "annotations") if "annotations" in body else prev.get("annotations", []),
+        "publish": bool(body.get("publish", prev.get("publish", False))),
+        "updated": int(time.time() * 1000),
+    }
+
+
+def build_package(namespace: str, name: str, body: Any, previous: dict | None) -> dict:
+    doc = _common(namespace, validate_name(name), body, previous)
+    binding = body.get("binding", (previous or {}).get("binding", {})) or {}
+    if not isinstance(binding, dict):
+        raise BadRequest("The request content was malformed:\nbinding must be an object")
+    if binding:
+        if not isinstance(binding.get("namespace"), str) or not isinstance(binding.get("name"), str):
+            raise BadRequest("The request content was malformed:\nbinding needs namespace and name")
+        binding = {"namespace": binding["namespace"], "name": validate_name(binding["name"])}
+    doc["binding"] = binding
+    return doc
+
+
+def build_trigger(namespace: str, name: str, body: Any, previous: dict | None) -> dict:
+    doc = _common(namespace, validate_name(name), body, previous)
+    doc["limits"] = {}
+    return doc
+
+
+def build_rule(namespace: str, name: str, body: Any, previous: dict | None) -> tuple[dict, tuple[str, str], tuple[str, str]]:
+    """The rule document, and the (namespace, name) of its trigger and of its action."""
+    doc = _common(namespace, validate_name(name), body, previous)
+    prev = previous or {}
+    trigger = body.get("trigger") or _joined(prev.get("trigger"))
+    action = body.get("action") or _joined(prev.get("action"))
+    if not trigger or not action:
+        raise BadRequest("The request content was malformed:\nrule needs a trigger and an action")
+    t_ns, t_name = split_fqn(trigger, namespace)
+    a_ns, a_name = split_fqn(action, namespace)
+    status = body.get("status", prev.get("status", "active"))
+    if status not in ("active", "inactive"):
+        raise BadRequest("The request content was malformed:\nstatus must be 'active' or 'inactive'")
+    doc.update(trigger=path_of(t_ns, t_name), action=path_of(a_ns, a_name), status=status, publish=False)
+    return doc, (t_ns, t_name), (a_ns, a_name)
+
+
+def _joined(ref: dict | None) -> str | None:
+    return f"/{ref['path']}/{ref['name']}" if ref else None
+
+
+def annotation(doc: dict, key: str, default: Any = None) -> Any:
+    return next((a["value"] for a in doc.get("annotations", []) if a["key"] == key), default)
+
+
+def parameters(doc: dict) -> dict:
+    return {p["key"]: p["value"] for p in doc.get("parameters", [])}

@@ -8,20 +8,18 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
-import uuid
 from typing import Any, Awaitable, Callable
 
 import grpc
 from nats.js import JetStreamContext
 
 from controller import entities
+from controller.activator import Activator
 from controller.auth import Authenticator, Identity
-from controller.balancer import Balancer
+from controller.throttles import Throttles
 from controller.waiters import Waiters
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
-from squall.bus import invoker_subject
 from squall.config import SquallConfig
 from squall.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, SquallError, Unavailable, Conflict
 from squall.store import Store, revision
@@ -66,24 +64,23 @@ def _dumps(value: Any) -> bytes:
 
 
 class SquallService(pb_grpc.SquallServicer):
-    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, auth: Authenticator, waiters: Waiters):
+    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, auth: Authenticator,
+                 waiters: Waiters, throttles: Throttles):
         self._cfg = cfg
         self._store = store
-        self._js = js
         self._auth = auth
-        self._waiters = waiters
-        self._balancer = Balancer(cfg.controller.invokers)
-        self._address = f"{cfg.controller.host}:{cfg.controller.port}"
+        self._activator = Activator(cfg, store, js, waiters, throttles, f"{cfg.controller.host}:{cfg.controller.port}")
 
     async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         header = dict(context.invocation_metadata()).get("authorization")
         return await self._auth.authenticate(header)
 
     @staticmethod
-    def _namespace(identity: Identity, namespace: str) -> str:
+    def _namespace(identity: Identity, namespace: str, owned: bool = True) -> str:
+        """The namespace meant ("_" is the caller's default); with owned, one of the caller's."""
         if namespace in ("_", ""):
             return identity.default_namespace
-        if namespace not in identity.namespaces:
+        if owned and namespace not in identity.namespaces:
             raise Forbidden()
         return namespace
 
@@ -98,30 +95,100 @@ class SquallService(pb_grpc.SquallServicer):
         identity = await self._identity(context)
         return pb.ListReply(list_json=_dumps(list(identity.namespaces)))
 
+    # Entities
+
     @_rpc
     async def PutEntity(self, request, context):
         identity = await self._identity(context)
         ns = self._namespace(identity, request.ref.namespace)
         collection = self._collection(request.ref.collection)
-        if collection != "actions":
-            raise NotFound(f"{collection} are not supported yet.")
-        name = entities.validate_name(request.ref.name, allow_package=True)
+        name = entities.validate_name(request.ref.name, allow_package=collection == "actions")
         body = _json_object(request.doc_json, "entity", self._cfg.limits.body_max_bytes)
-        previous = await self._store.get_entity(ns, collection, name) if request.overwrite else None
-        doc = entities.build_action(ns, name, body, previous, self._cfg.limits)
-        stored = await self._store.put_entity(ns, collection, name, doc, create_only=previous is None and not request.overwrite)
+        previous = await self._store.get_entity(ns, collection, name)
+        if previous is not None and not request.overwrite:
+            raise Conflict()
+        doc = await self._build(identity, ns, collection, name, body, previous)
+        stored = await self._store.put_entity(ns, collection, name, doc, create_only=previous is None)
         if not stored:
             raise Conflict()
-        return pb.EntityReply(doc_json=_dumps(doc))
+        return pb.EntityReply(doc_json=_dumps(await self._view(identity, ns, collection, doc, code=True)))
+
+    async def _build(self, identity: Identity, ns: str, collection: str, name: str, body: dict,
+                     previous: dict | None) -> dict:
+        if collection == "actions":
+            package = name.rpartition("/")[0]
+            if package:
+                pkg = await self._store.get_entity(ns, "packages", package)
+                if pkg is None:
+                    raise NotFound("The package of the action does not exist.")
+                if pkg.get("binding"):
+                    raise BadRequest("Cannot create an action in a package binding.")
+            doc = entities.build_action(ns, name, body, previous, self._cfg.limits)
+            if doc["exec"]["kind"] == "sequence":
+                for component in doc["exec"]["components"]:
+                    c_ns, c_name = entities.split_fqn(component, ns)
+                    await self._activator.resolve(identity, c_ns, c_name)   # each must exist and be usable
+            return doc
+        if collection == "packages":
+            doc = entities.build_package(ns, name, body, previous)
+            if doc["binding"]:
+                target = doc["binding"]
+                target["namespace"] = self._namespace(identity, target["namespace"], owned=False)
+                pkg = await self._store.get_entity(target["namespace"], "packages", target["name"])
+                if pkg is None or pkg.get("binding"):
+                    raise NotFound("The package to bind does not exist.")
+                if target["namespace"] not in identity.namespaces and not pkg.get("publish"):
+                    raise Forbidden()
+            return doc
+        if collection == "triggers":
+            return entities.build_trigger(ns, name, body, previous)
+        doc, (t_ns, t_name), (a_ns, a_name) = entities.build_rule(ns, name, body, previous)
+        if t_ns != ns:
+            raise BadRequest("A rule's trigger must be in the rule's namespace.")
+        if await self._store.get_entity(t_ns, "triggers", t_name) is None:
+            raise NotFound("The rule's trigger does not exist.")
+        await self._activator.resolve(identity, a_ns, a_name)
+        return doc
+
+    async def _view(self, identity: Identity, ns: str, collection: str, doc: dict, code: bool) -> dict:
+        """An entity as OpenWhisk returns it: packages list their actions, triggers their rules."""
+        if collection == "actions":
+            return doc if code else entities.without_code(doc)
+        if collection == "packages":
+            source = doc.get("binding") or {"namespace": ns, "name": doc["name"]}
+            actions = await self._store.list_entities(source["namespace"], "actions")
+            prefix = source["name"] + "/"
+            listed = [{"name": a["name"][len(prefix):], "version": a["version"], "annotations": a.get("annotations", [])}
+                      for a in actions if a["name"].startswith(prefix)]
+            return {**doc, "actions": listed, "feeds": []}
+        if collection == "triggers":
+            me = entities.path_of(ns, doc["name"])
+            rules = {f"{ns}/{r['name']}": {"action": r["action"], "status": r["status"]}
+                     for r in await self._store.list_entities(ns, "rules") if r.get("trigger") == me}
+            return {**doc, "rules": rules}
+        return doc
+
+    async def _readable(self, identity: Identity, ns: str, collection: str, name: str) -> None:
+        """Another namespace's entity may be read only if it is, or is inside, a shared package."""
+        if ns in identity.namespaces:
+            return
+        package = name if collection == "packages" else name.rpartition("/")[0] if collection == "actions" else ""
+        if package:
+            pkg = await self._store.get_entity(ns, "packages", package)
+            if pkg is not None and pkg.get("publish") and not pkg.get("binding"):
+                return
+        raise Forbidden()
 
     @_rpc
     async def GetEntity(self, request, context):
         identity = await self._identity(context)
-        ns = self._namespace(identity, request.namespace)
-        doc = await self._store.get_entity(ns, self._collection(request.collection), request.name)
+        ns = self._namespace(identity, request.namespace, owned=False)
+        collection = self._collection(request.collection)
+        await self._readable(identity, ns, collection, request.name)
+        doc = await self._store.get_entity(ns, collection, request.name)
         if doc is None:
             raise NotFound()
-        return pb.EntityReply(doc_json=_dumps(doc if request.code else entities.without_code(doc)))
+        return pb.EntityReply(doc_json=_dumps(await self._view(identity, ns, collection, doc, request.code)))
 
     @_rpc
     async def DeleteEntity(self, request, context):
@@ -129,9 +196,15 @@ class SquallService(pb_grpc.SquallServicer):
         ns = self._namespace(identity, request.namespace)
         collection = self._collection(request.collection)
         doc = await self._store.get_entity(ns, collection, request.name)
-        if doc is None or not await self._store.delete_entity(ns, collection, request.name):
+        if doc is None:
             raise NotFound()
-        return pb.EntityReply(doc_json=_dumps(entities.without_code(doc)))
+        if collection == "packages":
+            inside = [a for a in await self._store.list_entities(ns, "actions") if a["name"].startswith(request.name + "/")]
+            if inside:
+                raise Conflict(f"Package not empty (contains {len(inside)} {'entity' if len(inside) == 1 else 'entities'})")
+        if not await self._store.delete_entity(ns, collection, request.name):
+            raise NotFound()
+        return pb.EntityReply(doc_json=_dumps(await self._view(identity, ns, collection, doc, code=False)))
 
     @_rpc
     async def ListEntities(self, request, context):
@@ -143,59 +216,37 @@ class SquallService(pb_grpc.SquallServicer):
             return pb.ListReply(list_json=_dumps({collection: len(docs)}))
         docs.sort(key=lambda d: d.get("updated", 0), reverse=True)   # newest first, as OpenWhisk lists
         skip = max(request.skip, 0)
-        limit = request.limit if request.limit > 0 else 30
+        limit = min(request.limit if request.limit > 0 else 30, 200)
         return pb.ListReply(list_json=_dumps([entities.summary(d) for d in docs[skip:skip + limit]]))
+
+    @_rpc
+    async def SetRuleStatus(self, request, context):
+        identity = await self._identity(context)
+        ns = self._namespace(identity, request.namespace)
+        if request.status not in ("active", "inactive"):
+            raise BadRequest("The request content was malformed:\nstatus must be 'active' or 'inactive'")
+        rule = await self._store.get_entity(ns, "rules", request.name)
+        if rule is None:
+            raise NotFound()
+        rule = {**rule, "status": request.status, "updated": rule.get("updated", 0) + 1}
+        await self._store.put_entity(ns, "rules", request.name, rule, create_only=False)
+        return pb.EntityReply(doc_json=_dumps(rule))
+
+    # Activations
 
     @_rpc
     async def Invoke(self, request, context):
         identity = await self._identity(context)
-        ns = self._namespace(identity, request.namespace)
+        ns = self._namespace(identity, request.namespace, owned=False)
         name = entities.validate_name(request.name, allow_package=True)
-        _json_object(request.params_json, "parameters", self._cfg.limits.payload_max_bytes)
-        action = await self._store.get_entity(ns, "actions", name)
-        if action is None:
-            raise NotFound()
-        if action["exec"]["kind"] == "sequence":
-            raise BadRequest("Sequences cannot be invoked yet.")
-        activation_id = uuid.uuid4().hex
-        message = pb.ActivationMessage(
-            activation_id=activation_id,
-            transaction_id=activation_id,
-            namespace=ns,
-            name=name,
-            revision=revision(action),
-            subject=identity.subject,
-            user_namespace=ns,
-            params_json=request.params_json or b"{}",
-            blocking=request.blocking,
-            controller=self._address,
-            api_key=identity.key,
-            submitted_ms=int(time.time() * 1000),
-        )
-        waiter = self._waiters.expect(activation_id) if request.blocking else None
-        invoker = self._balancer.choose(ns, name)
-        try:
-            # Acknowledged by JetStream (on disk) before the caller hears of the activation.
-            await self._js.publish(
-                invoker_subject(self._cfg.nats, invoker),
-                message.SerializeToString(),
-                timeout=5.0,
-                headers={"Nats-Msg-Id": activation_id},
-            )
-        except Exception as exc:
-            self._waiters.forget(activation_id)
-            log.warning("publish of %s failed: %s", activation_id, exc)
-            raise Unavailable() from None
-        if waiter is None:
-            return pb.InvokeReply(activation_id=activation_id)
+        params = _json_object(request.params_json, "parameters", self._cfg.limits.payload_max_bytes)
+        resolved = await self._activator.resolve(identity, ns, name)
         wait_s = self._cfg.controller.blocking_wait_s
         if request.wait_ms > 0:
             wait_s = min(wait_s, request.wait_ms / 1000)
-        record = await self._waiters.wait(activation_id, waiter, wait_s)
-        if record is None:
-            # A completion may have gone missing while the record was stored: look once.
-            stored = await self._store.get_activation(activation_id)
-            record = _dumps(stored) if stored else None
+        activation_id, record = await self._activator.invoke(
+            identity, resolved, params, identity.default_namespace if ns not in identity.namespaces else ns,
+            request.blocking, wait_s)
         if record is None:
             return pb.InvokeReply(activation_id=activation_id, done=False)
         response = json.loads(record).get("response", {})
@@ -207,6 +258,14 @@ class SquallService(pb_grpc.SquallServicer):
         return reply
 
     @_rpc
+    async def FireTrigger(self, request, context):
+        identity = await self._identity(context)
+        ns = self._namespace(identity, request.namespace)
+        payload = _json_object(request.params_json, "parameters", self._cfg.limits.payload_max_bytes)
+        activation_id = await self._activator.fire(identity, ns, entities.validate_name(request.name), payload)
+        return pb.InvokeReply(activation_id=activation_id, done=False)
+
+    @_rpc
     async def GetActivation(self, request, context):
         identity = await self._identity(context)
         ns = self._namespace(identity, request.namespace)
@@ -215,11 +274,36 @@ class SquallService(pb_grpc.SquallServicer):
             raise NotFound()
         return pb.ActivationReply(activation_json=_dumps(record))
 
+    @_rpc
+    async def ListActivations(self, request, context):
+        identity = await self._identity(context)
+        ns = self._namespace(identity, request.namespace)
+        skip, limit = max(request.skip, 0), min(request.limit if request.limit > 0 else 30, 200)
+        # Newest first from the namespace's partition; filters applied as it is read.
+        records = await self._store.list_activations(ns, since=request.since, upto=request.upto,
+                                                     limit=skip + limit if not request.name else 10_000)
+        if request.name:
+            short = request.name.rsplit("/", 1)[-1]
+            records = [r for r in records if r.get("name") == short and
+                       (short == request.name or _path(r).endswith("/" + request.name))]
+        records = records[skip:skip + limit]
+        if not request.docs:
+            records = [{k: v for k, v in r.items() if k not in ("response", "logs")}
+                       | {"statusCode": r.get("response", {}).get("statusCode", r.get("statusCode"))}
+                       for r in records]
+        return pb.ListReply(list_json=_dumps(records))
+
+
+def _path(record: dict) -> str:
+    return next((a["value"] for a in record.get("annotations", []) if a["key"] == "path"), "")
+
 
 class InvokersService(pb_grpc.InvokersServicer):
-    def __init__(self, waiters: Waiters):
+    def __init__(self, waiters: Waiters, throttles: Throttles):
         self._waiters = waiters
+        self._throttles = throttles
 
     async def Complete(self, request, context):
+        self._throttles.finished(request.activation_id)
         self._waiters.complete(request.activation_id, request.activation_json)
         return pb.CompletionAck()

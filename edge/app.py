@@ -124,6 +124,43 @@ async def get_activation(request: web.Request) -> web.Response:
     return _json(reply.activation_json)
 
 
+async def get_activation_part(request: web.Request) -> web.Response:
+    m = request.match_info
+    reply = await request.app[STUB].GetActivation(
+        pb.ActivationRef(namespace=m["ns"], activation_id=m["id"]), metadata=_meta(request))
+    record = json.loads(reply.activation_json)
+    if m["part"] == "logs":
+        return web.json_response({"logs": record.get("logs", [])})
+    return web.json_response(record.get("response", {}))
+
+
+async def list_activations(request: web.Request) -> web.Response:
+    m, q = request.match_info, request.query
+    reply = await request.app[STUB].ListActivations(pb.ListActivationsRequest(
+        namespace=m["ns"], name=q.get("name", ""), since=_int(request, "since"), upto=_int(request, "upto"),
+        skip=_int(request, "skip"), limit=_int(request, "limit"), docs=_flag(request, "docs")),
+        metadata=_meta(request))
+    return _json(reply.list_json)
+
+
+async def fire_trigger(request: web.Request) -> web.Response:
+    m = request.match_info
+    reply = await request.app[STUB].FireTrigger(pb.FireRequest(
+        namespace=m["ns"], name=m["name"], params_json=await request.read()), metadata=_meta(request))
+    return _json(json.dumps({"activationId": reply.activation_id}).encode(), 202)
+
+
+async def set_rule_status(request: web.Request) -> web.Response:
+    m = request.match_info
+    try:
+        status = json.loads(await request.read() or b"{}").get("status", "")
+    except (ValueError, AttributeError):
+        status = ""
+    reply = await request.app[STUB].SetRuleStatus(pb.RuleStatusRequest(
+        namespace=m["ns"], name=m["name"], status=status if isinstance(status, str) else ""), metadata=_meta(request))
+    return _json(reply.doc_json)
+
+
 async def api_info(request: web.Request) -> web.Response:
     return web.json_response({"description": "Squall: an OpenWhisk-compatible serverless platform",
                               "api_paths": [API], "api_version": "1.0.0"})
@@ -138,11 +175,16 @@ def build_app(cfg: SquallConfig, channel: grpc.aio.Channel) -> web.Application:
     app.router.add_get("/", api_info)
     app.router.add_get(API, api_info)
     app.router.add_get(API + "/namespaces", list_namespaces)
+    app.router.add_get(ns + "/activations", list_activations)
+    app.router.add_get(ns + "/activations/", list_activations)
     app.router.add_get(ns + "/activations/{id}", get_activation)
+    app.router.add_get(ns + "/activations/{id}/{part:result|logs}", get_activation_part)
     app.router.add_get(entity, list_entities)
     app.router.add_get(entity + "/", list_entities)
     app.router.add_put(entity + "/{name:.+}", put_entity)
     app.router.add_get(entity + "/{name:.+}", get_entity)
     app.router.add_delete(entity + "/{name:.+}", delete_entity)
     app.router.add_post(ns + "/actions/{name:.+}", invoke)
+    app.router.add_post(ns + "/triggers/{name}", fire_trigger)
+    app.router.add_post(ns + "/rules/{name}", set_rule_status)
     return app

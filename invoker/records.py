@@ -86,17 +86,19 @@ class ActionInfo:
 def record(msg: pb.ActivationMessage, action: ActionInfo, resp: dict, outcome: Outcome | None,
            start_ms: int, end_ms: int) -> dict:
     annotations = [
-        {"key": "path", "value": action.path},
+        {"key": "path", "value": msg.path or action.path},
         {"key": "waitTime", "value": max(start_ms - msg.submitted_ms, 0)},
         {"key": "kind", "value": action.kind},
         {"key": "timeout", "value": outcome is not None and outcome.error == "timeout"},
         {"key": "limits", "value": action.limits},
     ]
+    if msg.cause:
+        annotations.append({"key": "causedBy", "value": "sequence"})
     if outcome is not None:
         annotations.append({"key": "containerStart", "value": outcome.start})
         if outcome.init_ms is not None:
             annotations.append({"key": "initTime", "value": outcome.init_ms})
-    return {
+    doc = {
         "namespace": msg.user_namespace,
         "name": action.name.rsplit("/", 1)[-1],
         "version": action.version,
@@ -111,3 +113,6 @@ def record(msg: pb.ActivationMessage, action: ActionInfo, resp: dict, outcome: O
         "annotations": annotations,
         "publish": action.publish,
     }
+    if msg.cause:
+        doc["cause"] = msg.cause
+    return doc

@@ -113,7 +113,7 @@ class Store:
             "activation_put": "INSERT INTO {ks}.activations (activation_id, namespace, name, start, doc) VALUES (?, ?, ?, ?, ?)",
             "activation_put_ns": "INSERT INTO {ks}.activations_by_namespace (namespace, start, activation_id, name, doc) VALUES (?, ?, ?, ?, ?)",
             "activation_get": "SELECT namespace, doc FROM {ks}.activations WHERE activation_id = ?",
-            "activation_list": "SELECT doc FROM {ks}.activations_by_namespace WHERE namespace = ? LIMIT ?",
+            "activation_list": "SELECT doc FROM {ks}.activations_by_namespace WHERE namespace = ? AND start >= ? AND start <= ? LIMIT ?",
         }
         queries = {name: q.format(ks=self._config.keyspace) for name, q in queries.items()}
         names = list(queries)
@@ -194,8 +194,9 @@ class Store:
         rows = await self._run(self._exec("activation_get", activation_id))
         return json.loads(rows[0].doc) if rows else None
 
-    async def list_activations(self, namespace: str, limit: int) -> list[dict]:
-        rows = await self._run(self._exec("activation_list", namespace, limit))
+    async def list_activations(self, namespace: str, limit: int, since: int = 0, upto: int = 0) -> list[dict]:
+        """Newest first, start within [since, upto] (0: unbounded)."""
+        rows = await self._run(self._exec("activation_list", namespace, since or 0, upto or 2**62, limit))
         return [json.loads(r.doc) for r in rows]
 
 

@@ -1,0 +1,330 @@
+"""Starting activations: resolving what is invoked, merging parameters, and composing.
+
+A plain action becomes one ActivationMessage on its invoker's JetStream subject. Sequences,
+conductor compositions and trigger fires are orchestrated here, in the controller, as
+OpenWhisk's controller does: each step is an ordinary activation, and the composite gets a
+record of its own (written by the controller) that lists its steps' activation ids.
+
+Parameter merging, lowest first: the package's, the binding's, the action's, then the caller's.
+An action annotated final=true refuses invoke parameters that would override its defaults.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from controller import entities
+from controller.auth import Identity
+from controller.balancer import Balancer
+from controller.throttles import Throttles
+from controller.waiters import Waiters
+from proto import squall_pb2 as pb
+from squall.bus import invoker_subject
+from squall.config import SquallConfig
+from squall.errors import BadRequest, Forbidden, NotFound, SquallError, Unavailable
+from squall.store import Store, revision
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_LIMIT = 50      # OpenWhisk's actionSequenceLimit: components of one sequence
+COMPOSITION_LIMIT = 50   # steps of a conductor composition
+SUCCESS, APPLICATION_ERROR, DEVELOPER_ERROR, WHISK_ERROR = 0, 1, 2, 3
+STATUS = {0: "success", 1: "application error", 2: "action developer error", 3: "whisk internal error"}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def response(status_code: int, result: dict) -> dict:
+    return {"status": STATUS[status_code], "statusCode": status_code, "success": status_code == 0,
+            "result": result}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    namespace: str     # where the action's document lives
+    name: str          # its name there: "action" or "pkg/action"
+    doc: dict
+    defaults: dict     # package < binding < action parameters
+    path: str          # as the caller named it: "ns/action" or "ns/pkg/action"
+
+    @property
+    def kind(self) -> str:
+        return self.doc["exec"]["kind"]
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+class Activator:
+    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, waiters: Waiters,
+                 throttles: Throttles, address: str):
+        self._cfg = cfg
+        self._store = store
+        self._js = js
+        self._waiters = waiters
+        self._throttles = throttles
+        self._balancer = Balancer(cfg.controller.invokers)
+        self._address = address
+        self._tasks: set[asyncio.Task] = set()
+
+    # Resolution
+
+    async def package(self, identity: Identity, namespace: str, name: str) -> tuple[dict, dict]:
+        """A package the caller may use, and the parameters it brings: (package, defaults).
+        A binding resolves to the package it binds, its own parameters over the bound one's."""
+        doc = await self._store.get_entity(namespace, "packages", name)
+        if doc is None:
+            raise NotFound()
+        if namespace not in identity.namespaces and not doc.get("publish"):
+            raise Forbidden()
+        binding = doc.get("binding") or {}
+        if not binding:
+            return doc, entities.parameters(doc)
+        target = await self._store.get_entity(binding["namespace"], "packages", binding["name"])
+        if target is None or target.get("binding"):
+            raise NotFound("The package binding refers to a package that does not exist.")
+        if binding["namespace"] not in identity.namespaces and not target.get("publish"):
+            raise Forbidden()
+        return target, {**entities.parameters(target), **entities.parameters(doc)}
+
+    async def resolve(self, identity: Identity, namespace: str, name: str) -> Resolved:
+        package, _, short = name.rpartition("/")
+        if not package:
+            if namespace not in identity.namespaces:
+                raise Forbidden()
+            doc = await self._store.get_entity(namespace, "actions", name)
+            if doc is None:
+                raise NotFound()
+            return Resolved(namespace, name, doc, entities.parameters(doc), f"{namespace}/{name}")
+        pkg, defaults = await self.package(identity, namespace, package)
+        doc_ns, doc_name = pkg["namespace"], f"{pkg['name']}/{short}"
+        doc = await self._store.get_entity(doc_ns, "actions", doc_name)
+        if doc is None:
+            raise NotFound()
+        return Resolved(doc_ns, doc_name, doc, {**defaults, **entities.parameters(doc)},
+                        f"{namespace}/{package}/{short}")
+
+    @staticmethod
+    def merge(resolved: Resolved, params: dict) -> dict:
+        if entities.annotation(resolved.doc, "final") is True:
+            fixed = [k for k in params if k in resolved.defaults]
+            if fixed:
+                raise BadRequest("Request defines parameters that are not allowed (e.g., reserved properties).")
+        return {**resolved.defaults, **params}
+
+    # Invoking
+
+    async def invoke(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
+                     blocking: bool, wait_s: float) -> tuple[str, bytes | None]:
+        """Start an activation of whatever kind; with blocking, wait up to wait_s for its record.
+        Returns the activation id and the record (None when not waited for or not done)."""
+        self._throttles.admit_invoke(user_ns)
+        merged = self.merge(resolved, params)
+        if self._composite(resolved):
+            activation_id = uuid.uuid4().hex
+            task = asyncio.create_task(self._compose(identity, resolved, merged, user_ns, activation_id, ""))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            if not blocking:
+                return activation_id, None
+            try:
+                record = await asyncio.wait_for(asyncio.shield(task), wait_s)
+            except asyncio.TimeoutError:
+                return activation_id, None
+            return activation_id, _dumps(record)
+        activation_id, waiter = await self._publish(identity, resolved, merged, user_ns, "", blocking)
+        if waiter is None:
+            return activation_id, None
+        record = await self._waiters.wait(activation_id, waiter, wait_s)
+        if record is None:
+            # A completion may have gone missing while the record was stored: look once.
+            stored = await self._store.get_activation(activation_id)
+            record = _dumps(stored) if stored else None
+        return activation_id, record
+
+    @staticmethod
+    def _composite(resolved: Resolved) -> bool:
+        return resolved.kind == "sequence" or entities.annotation(resolved.doc, "conductor") is True
+
+    async def _publish(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
+                       cause: str, blocking: bool) -> tuple[str, asyncio.Future | None]:
+        activation_id = uuid.uuid4().hex
+        message = pb.ActivationMessage(
+            activation_id=activation_id, transaction_id=activation_id,
+            namespace=resolved.namespace, name=resolved.name, revision=revision(resolved.doc),
+            subject=identity.subject, user_namespace=user_ns, params_json=_dumps(params),
+            blocking=blocking, controller=self._address, api_key=identity.key,
+            submitted_ms=_now_ms(), cause=cause, path=resolved.path)
+        waiter = self._waiters.expect(activation_id) if blocking else None
+        invoker = self._balancer.choose(resolved.namespace, resolved.name)
+        try:
+            # Acknowledged by JetStream (on disk) before anyone hears of the activation.
+            await self._js.publish(invoker_subject(self._cfg.nats, invoker), message.SerializeToString(),
+                                   timeout=5.0, headers={"Nats-Msg-Id": activation_id})
+        except Exception as exc:
+            self._waiters.forget(activation_id)
+            log.warning("publish of %s failed: %s", activation_id, exc)
+            raise Unavailable() from None
+        self._throttles.started(user_ns, activation_id)
+        return activation_id, waiter
+
+    async def _step(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
+                    cause: str) -> tuple[str, dict]:
+        """Run one step of a composition to its end: (activation id, record)."""
+        if self._composite(resolved):
+            activation_id = uuid.uuid4().hex
+            return activation_id, await self._compose(identity, resolved, params, user_ns, activation_id, cause)
+        activation_id, waiter = await self._publish(identity, resolved, params, user_ns, cause, True)
+        wait_s = resolved.doc["limits"]["timeout"] / 1000 + self._cfg.controller.blocking_wait_s
+        record = await self._waiters.wait(activation_id, waiter, wait_s)
+        if record is None:
+            stored = await self._store.get_activation(activation_id)
+            if stored is None:
+                return activation_id, {"response": response(WHISK_ERROR, {
+                    "error": "The component did not complete in time."})}
+            return activation_id, stored
+        return activation_id, json.loads(record)
+
+    # Compositions
+
+    async def _compose(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
+                       activation_id: str, cause: str) -> dict:
+        start = _now_ms()
+        try:
+            if resolved.kind == "sequence":
+                resp, logs = await self._sequence(identity, resolved, params, user_ns, activation_id)
+            else:
+                resp, logs = await self._conduct(identity, resolved, params, user_ns, activation_id)
+        except SquallError as exc:
+            resp, logs = response(APPLICATION_ERROR, {"error": exc.message}), []
+        except Exception as exc:   # never leave a composition without a record
+            log.exception("composition failed", extra={"activation_id": activation_id})
+            resp, logs = response(WHISK_ERROR, {"error": f"The composition failed: {exc}"}), []
+        end = _now_ms()
+        annotations = [
+            {"key": "path", "value": resolved.path},
+            {"key": "kind", "value": "sequence" if resolved.kind == "sequence" else resolved.kind},
+            {"key": "limits", "value": resolved.doc.get("limits", {})},
+            {"key": "waitTime", "value": 0},
+        ]
+        if not cause:
+            annotations.append({"key": "topmost", "value": True})
+        if entities.annotation(resolved.doc, "conductor") is True:
+            annotations.append({"key": "conductor", "value": True})
+        record = {
+            "namespace": user_ns, "name": resolved.short_name, "version": resolved.doc["version"],
+            "subject": identity.subject, "activationId": activation_id,
+            "start": start, "end": end, "duration": end - start, "statusCode": resp["statusCode"],
+            "response": {**resp, "size": len(_dumps(resp["result"]))},
+            "logs": logs, "annotations": annotations, "publish": False,
+        }
+        if cause:
+            record["cause"] = cause
+        await self._store.put_activation(record)
+        return record
+
+    async def _sequence(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
+                        activation_id: str) -> tuple[dict, list[str]]:
+        components = resolved.doc["exec"]["components"]
+        if len(components) > SEQUENCE_LIMIT:
+            return response(APPLICATION_ERROR, {"error": "Too many actions in the sequence."}), []
+        logs: list[str] = []
+        result = params
+        for component in components:
+            ns, name = entities.split_fqn(component, resolved.namespace)
+            step = await self.resolve(identity, ns, name)
+            step_id, record = await self._step(identity, step, {**step.defaults, **result}, user_ns, activation_id)
+            logs.append(step_id)
+            resp = record["response"]
+            if not resp.get("success"):
+                return {k: resp[k] for k in ("status", "statusCode", "success", "result")}, logs
+            result = resp.get("result") or {}
+        return response(SUCCESS, result), logs
+
+    async def _conduct(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
+                       activation_id: str) -> tuple[dict, list[str]]:
+        """OpenWhisk's conductor protocol: the conductor returns {action, params, state}; the
+        named action runs with params; its result, with the state, goes back to the conductor;
+        until the conductor names no action, whose params are then the composition's result."""
+        logs: list[str] = []
+        plain = _as_plain(resolved)
+        value = params
+        for _ in range(COMPOSITION_LIMIT):
+            step_id, record = await self._step(identity, plain, value, user_ns, activation_id)
+            logs.append(step_id)
+            resp = record["response"]
+            if not resp.get("success"):
+                return {k: resp[k] for k in ("status", "statusCode", "success", "result")}, logs
+            out = dict(resp.get("result") or {})
+            action, state, next_params = out.pop("action", None), out.pop("state", None), out.pop("params", {})
+            if not action:
+                return response(SUCCESS, next_params if isinstance(next_params, dict) else out), logs
+            ns, name = entities.split_fqn(action, resolved.namespace)
+            component = await self.resolve(identity, ns, name)
+            step_id, record = await self._step(identity, component, {**component.defaults, **(next_params or {})},
+                                               user_ns, activation_id)
+            logs.append(step_id)
+            value = {**(record["response"].get("result") or {}), **(state if isinstance(state, dict) else {})}
+        return response(APPLICATION_ERROR, {"error": "The composition exceeded its step limit."}), logs
+
+    # Triggers
+
+    async def fire(self, identity: Identity, namespace: str, name: str, payload: dict) -> str:
+        trigger = await self._store.get_entity(namespace, "triggers", name)
+        if trigger is None:
+            raise NotFound()
+        self._throttles.admit_fire(namespace)
+        params = {**entities.parameters(trigger), **payload}
+        activation_id, start = uuid.uuid4().hex, _now_ms()
+        me = entities.path_of(namespace, name)
+        rules = [r for r in await self._store.list_entities(namespace, "rules")
+                 if r.get("trigger") == me and r.get("status") == "active"]
+        logs = []
+        for rule in rules:
+            ref = rule["action"]
+            action_path = f"{ref['path']}/{ref['name']}"
+            entry = {"rule": f"{namespace}/{rule['name']}", "action": action_path}
+            try:
+                ns, _, package = ref["path"].partition("/")
+                target = await self.resolve(identity, ns, f"{package}/{ref['name']}" if package else ref["name"])
+                merged = self.merge(target, params)
+                if self._composite(target):
+                    sub_id = uuid.uuid4().hex
+                    task = asyncio.create_task(self._compose(identity, target, merged, namespace, sub_id, ""))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                else:
+                    sub_id, _ = await self._publish(identity, target, merged, namespace, "", False)
+                entry.update(statusCode=0, success=True, activationId=sub_id)
+            except SquallError as exc:
+                entry.update(statusCode=1, success=False, error=exc.message)
+            logs.append(json.dumps(entry, separators=(",", ":")))
+        end = _now_ms()
+        await self._store.put_activation({
+            "namespace": namespace, "name": name, "version": trigger["version"], "subject": identity.subject,
+            "activationId": activation_id, "start": start, "end": end, "duration": 0,
+            "statusCode": 0, "response": {**response(SUCCESS, params), "size": len(_dumps(params))},
+            "logs": logs, "annotations": [{"key": "path", "value": f"{namespace}/{name}"}], "publish": False,
+        })
+        return activation_id
+
+
+def _as_plain(resolved: Resolved) -> Resolved:
+    """The conductor action itself, run as an ordinary action (not as a composition again)."""
+    annotations = [a for a in resolved.doc.get("annotations", []) if a["key"] != "conductor"]
+    return Resolved(resolved.namespace, resolved.name, {**resolved.doc, "annotations": annotations},
+                    resolved.defaults, resolved.path)

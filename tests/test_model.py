@@ -1,0 +1,205 @@
+"""OpenWhisk's programming model over the REST API, on the real stack: packages and bindings,
+parameter merging and final parameters, triggers and rules, sequences, conductor compositions,
+activation listing."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+import requests
+
+from controller.auth import make_subject, new_credentials
+from squall.store import Store
+from tests.conftest import poll_activation
+
+pytestmark = pytest.mark.stack
+
+ECHO = "def main(args):\n    return args\n"
+INCREMENT = "def main(args):\n    return {'n': args.get('n', 0) + 1}\n"
+FAIL = "def main(args):\n    return {'error': 'stop here'}\n"
+
+
+@pytest.fixture(scope="module")
+def other(stack):
+    """A second subject with its own namespace, created in the store as an admin would."""
+    uuid_, key = new_credentials()
+    namespace = f"other-{uuid.uuid4().hex[:8]}"
+
+    async def create():
+        store = await Store.connect(stack.cfg.cassandra)
+        try:
+            await store.put_subject(make_subject(namespace, (namespace,), f"{uuid_}:{key}"))
+        finally:
+            await store.close()
+    asyncio.run(create())
+    s = requests.Session()
+    s.auth = (uuid_, key)
+    return s, namespace
+
+
+def put(api, stack, path, body, ns="_", status=200):
+    r = api.put(stack.url(f"/namespaces/{ns}/{path}"), json=body)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def invoke(api, stack, name, params=None, ns="_"):
+    r = api.post(stack.url(f"/namespaces/{ns}/actions/{name}?blocking=true"), json=params or {})
+    return r.status_code, r.json()
+
+
+def action(code=ECHO, **extra):
+    return {"exec": {"kind": "python:3", "code": code}, **extra}
+
+
+def kv(**values):
+    return [{"key": k, "value": v} for k, v in values.items()]
+
+
+def test_packages_hold_actions_and_merge_parameters(api, stack, unique):
+    put(api, stack, f"packages/{unique}", {"parameters": kv(a="package", b="package", c="package")})
+    put(api, stack, f"actions/{unique}/echo", action(parameters=kv(b="action", c="action")))
+    status, activation = invoke(api, stack, f"{unique}/echo", {"c": "invoke"})
+    assert status == 200, activation
+    assert activation["response"]["result"] == {"a": "package", "b": "action", "c": "invoke"}
+    annotations = {a["key"]: a["value"] for a in activation["annotations"]}
+    assert annotations["path"] == f"{stack.namespace}/{unique}/echo" and activation["name"] == "echo"
+
+    package = api.get(stack.url(f"/namespaces/_/packages/{unique}")).json()
+    assert [a["name"] for a in package["actions"]] == ["echo"]
+    r = api.delete(stack.url(f"/namespaces/_/packages/{unique}"))
+    assert r.status_code == 409 and "not empty" in r.json()["error"]
+    assert api.delete(stack.url(f"/namespaces/_/actions/{unique}/echo")).status_code == 200
+    assert api.delete(stack.url(f"/namespaces/_/packages/{unique}")).status_code == 200
+    # An action cannot go into a package that does not exist.
+    assert api.put(stack.url(f"/namespaces/_/actions/{unique}/echo"), json=action()).status_code == 404
+
+
+def test_shared_packages_are_used_through_bindings(api, stack, unique, other):
+    other_api, other_ns = other
+    put(api, stack, f"packages/{unique}", {"publish": True, "parameters": kv(greeting="hello", who="package")})
+    put(api, stack, f"actions/{unique}/echo", action(parameters=kv(who="action")))
+    put(api, stack, f"packages/{unique}-private", {})
+    # The other namespace binds the shared package, with parameters of its own.
+    binding = put(other_api, stack, f"packages/my-{unique}",
+                  {"binding": {"namespace": stack.namespace, "name": unique}, "parameters": kv(greeting="bonjour")},
+                  ns=other_ns)
+    assert binding["binding"] == {"namespace": stack.namespace, "name": unique}
+    status, activation = invoke(other_api, stack, f"my-{unique}/echo", {"extra": 1}, ns=other_ns)
+    assert status == 200, activation
+    assert activation["response"]["result"] == {"greeting": "bonjour", "who": "action", "extra": 1}
+    assert activation["namespace"] == other_ns
+    # Shared: readable from the other namespace; private: not, nor bindable.
+    assert other_api.get(stack.url(f"/namespaces/{stack.namespace}/packages/{unique}")).status_code == 200
+    assert other_api.get(stack.url(f"/namespaces/{stack.namespace}/packages/{unique}-private")).status_code == 403
+    r = other_api.put(stack.url(f"/namespaces/{other_ns}/packages/bad-{unique}"),
+                      json={"binding": {"namespace": stack.namespace, "name": f"{unique}-private"}})
+    assert r.status_code == 403
+    # And the other namespace's own entities stay its own.
+    assert api.get(stack.url(f"/namespaces/{other_ns}/packages/my-{unique}")).status_code == 403
+    assert other_api.get(stack.url(f"/namespaces/{stack.namespace}/actions")).status_code == 403
+
+
+def test_final_parameters_cannot_be_overridden(api, stack, unique):
+    put(api, stack, f"actions/{unique}", action(parameters=kv(fixed=1), annotations=kv(final=True)))
+    status, body = invoke(api, stack, unique, {"fixed": 2})
+    assert status == 400 and "not allowed" in body["error"]
+    status, body = invoke(api, stack, unique, {"other": 2})
+    assert status == 200 and body["response"]["result"] == {"fixed": 1, "other": 2}
+
+
+def test_triggers_fire_active_rules_with_merged_parameters(api, stack, unique):
+    put(api, stack, f"actions/{unique}-a", action())
+    trigger = put(api, stack, f"triggers/{unique}", {"parameters": kv(source="trigger", level="low")})
+    assert trigger["name"] == unique
+    rule = put(api, stack, f"rules/{unique}-r", {"trigger": f"/_/{unique}", "action": f"/_/{unique}-a"})
+    assert rule["status"] == "active"
+    assert rule["trigger"] == {"path": stack.namespace, "name": unique}
+    got = api.get(stack.url(f"/namespaces/_/triggers/{unique}")).json()
+    assert got["rules"] == {f"{stack.namespace}/{unique}-r": {"action": {"path": stack.namespace, "name": f"{unique}-a"},
+                                                            "status": "active"}}
+
+    r = api.post(stack.url(f"/namespaces/_/triggers/{unique}"), json={"level": "high"})
+    assert r.status_code == 202, r.text
+    fired = poll_activation(api, stack, r.json()["activationId"])
+    assert fired["response"]["result"] == {"source": "trigger", "level": "high"}
+    [entry] = [json.loads(line) for line in fired["logs"]]
+    assert entry["success"] is True and entry["rule"] == f"{stack.namespace}/{unique}-r"
+    ran = poll_activation(api, stack, entry["activationId"])
+    assert ran["response"]["result"] == {"source": "trigger", "level": "high"}
+
+    # Disabled, the rule no longer fires its action.
+    r = api.post(stack.url(f"/namespaces/_/rules/{unique}-r"), json={"status": "inactive"})
+    assert r.status_code == 200 and r.json()["status"] == "inactive"
+    r = api.post(stack.url(f"/namespaces/_/triggers/{unique}"), json={})
+    assert poll_activation(api, stack, r.json()["activationId"])["logs"] == []
+    assert api.post(stack.url(f"/namespaces/_/rules/{unique}-r"), json={"status": "sideways"}).status_code == 400
+    assert api.post(stack.url(f"/namespaces/_/triggers/{unique}-missing"), json={}).status_code == 404
+    r = api.put(stack.url(f"/namespaces/_/rules/{unique}-bad"), json={"trigger": f"/_/{unique}", "action": "/_/nope"})
+    assert r.status_code == 404
+
+
+def test_sequences_chain_results_and_stop_at_the_first_error(api, stack, unique):
+    put(api, stack, f"actions/{unique}-inc", action(INCREMENT))
+    put(api, stack, f"actions/{unique}-fail", action(FAIL))
+    inc = f"/{stack.namespace}/{unique}-inc"
+    put(api, stack, f"actions/{unique}", {"exec": {"kind": "sequence", "components": [inc, inc, inc]}})
+    status, activation = invoke(api, stack, unique, {"n": 10})
+    assert status == 200, activation
+    assert activation["response"]["result"] == {"n": 13}
+    assert len(activation["logs"]) == 3
+    annotations = {a["key"]: a["value"] for a in activation["annotations"]}
+    assert annotations["topmost"] is True and annotations["kind"] == "sequence"
+    component = poll_activation(api, stack, activation["logs"][0])
+    assert component["cause"] == activation["activationId"]
+    assert {"key": "causedBy", "value": "sequence"} in component["annotations"]
+
+    fail = f"/{stack.namespace}/{unique}-fail"
+    put(api, stack, f"actions/{unique}-2", {"exec": {"kind": "sequence", "components": [inc, fail, inc]}})
+    status, activation = invoke(api, stack, f"{unique}-2", {"n": 1})
+    assert status == 502 and activation["response"]["result"] == {"error": "stop here"}
+    assert len(activation["logs"]) == 2
+    # Components must exist when the sequence is created.
+    r = api.put(stack.url(f"/namespaces/_/actions/{unique}-3"),
+                json={"exec": {"kind": "sequence", "components": [f"/{stack.namespace}/nope"]}})
+    assert r.status_code == 404
+
+
+CONDUCTOR = """
+def main(args):
+    step = args.get('$step', 0)
+    if step == 0:
+        return {'action': '%s', 'params': {'n': args['n']}, 'state': {'$step': 1}}
+    if step == 1:
+        return {'action': '%s', 'params': {'n': args['n']}, 'state': {'$step': 2}}
+    return {'params': {'done': args['n']}}
+"""
+
+
+def test_conductor_actions_drive_compositions(api, stack, unique):
+    put(api, stack, f"actions/{unique}-inc", action(INCREMENT))
+    inc = f"/{stack.namespace}/{unique}-inc"
+    put(api, stack, f"actions/{unique}", action(CONDUCTOR % (inc, inc), annotations=kv(conductor=True)))
+    status, activation = invoke(api, stack, unique, {"n": 5})
+    assert status == 200, activation
+    assert activation["response"]["result"] == {"done": 7}
+    assert len(activation["logs"]) == 5        # conductor, inc, conductor, inc, conductor
+
+
+def test_activations_are_listed_filtered_and_read_in_parts(api, stack, unique):
+    put(api, stack, f"actions/{unique}", action("def main(args):\n    print('log line')\n    return {'ok': True}\n"))
+    since = int(time.time() * 1000) - 1000
+    ids = [invoke(api, stack, unique)[1]["activationId"] for _ in range(3)]
+    listed = api.get(stack.url(f"/namespaces/_/activations?name={unique}&since={since}&limit=2")).json()
+    assert [a["activationId"] for a in listed] == ids[::-1][:2]       # newest first
+    assert "response" not in listed[0] and listed[0]["statusCode"] == 0
+    docs = api.get(stack.url(f"/namespaces/_/activations?name={unique}&docs=true&skip=1")).json()
+    assert [a["activationId"] for a in docs] == ids[::-1][1:] and docs[0]["response"]["success"]
+    result = api.get(stack.url(f"/namespaces/_/activations/{ids[0]}/result")).json()
+    assert result["result"] == {"ok": True} and result["success"] is True
+    logs = api.get(stack.url(f"/namespaces/_/activations/{ids[0]}/logs")).json()["logs"]
+    assert len(logs) == 1 and logs[0].endswith("stdout: log line")
+    assert api.get(stack.url("/namespaces/_/activations/0123456789abcdef0123456789abcdef/logs")).status_code == 404
