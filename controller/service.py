@@ -17,6 +17,7 @@ from controller import entities
 from controller.activator import Activator
 from controller.auth import Authenticator, Identity
 from controller.throttles import Throttles
+from controller.web import WebActions
 from controller.waiters import Waiters
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
@@ -70,6 +71,7 @@ class SquallService(pb_grpc.SquallServicer):
         self._store = store
         self._auth = auth
         self._activator = Activator(cfg, store, js, waiters, throttles, f"{cfg.controller.host}:{cfg.controller.port}")
+        self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
 
     async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         header = dict(context.invocation_metadata()).get("authorization")
@@ -292,6 +294,16 @@ class SquallService(pb_grpc.SquallServicer):
                        | {"statusCode": r.get("response", {}).get("statusCode", r.get("statusCode"))}
                        for r in records]
         return pb.ListReply(list_json=_dumps(records))
+
+
+    @_rpc
+    async def WebInvoke(self, request, context):
+        headers = json.loads(request.headers_json or b"{}")
+        reply = await self._web.handle(
+            request.namespace, request.package, request.action, request.extension, request.method,
+            headers, request.path, request.query, request.body, request.content_type,
+            dict(context.invocation_metadata()).get("authorization"))
+        return pb.WebReply(status=reply.status, headers_json=_dumps(reply.headers), body=reply.body)
 
 
 def _path(record: dict) -> str:

@@ -161,6 +161,25 @@ async def set_rule_status(request: web.Request) -> web.Response:
     return _json(reply.doc_json)
 
 
+WEB_EXTENSIONS = ("json", "html", "http", "text", "svg")
+
+
+async def web_action(request: web.Request) -> web.Response:
+    m = request.match_info
+    first, _, rest = m["rest"].partition("/")
+    action, dot, extension = first.rpartition(".")
+    if not dot or extension not in WEB_EXTENSIONS:
+        action, extension = first, ""
+    headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
+    reply = await request.app[STUB].WebInvoke(pb.WebRequest(
+        namespace=m["ns"], package=m["pkg"], action=action, extension=extension,
+        method=request.method.lower(), headers_json=json.dumps(headers).encode(),
+        path="/" + rest if rest else "", query=request.query_string, body=await request.read(),
+        content_type=request.content_type or ""), metadata=_meta(request),
+        timeout=request.app[CONFIG].controller.blocking_wait_s + 30)
+    return web.Response(status=reply.status, headers=json.loads(reply.headers_json), body=reply.body)
+
+
 async def api_info(request: web.Request) -> web.Response:
     return web.json_response({"description": "Squall: an OpenWhisk-compatible serverless platform",
                               "api_paths": [API], "api_version": "1.0.0"})
@@ -187,4 +206,5 @@ def build_app(cfg: SquallConfig, channel: grpc.aio.Channel) -> web.Application:
     app.router.add_post(ns + "/actions/{name:.+}", invoke)
     app.router.add_post(ns + "/triggers/{name}", fire_trigger)
     app.router.add_post(ns + "/rules/{name}", set_rule_status)
+    app.router.add_route("*", API + "/web/{ns}/{pkg}/{rest:.+}", web_action)
     return app

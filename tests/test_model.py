@@ -203,3 +203,52 @@ def test_activations_are_listed_filtered_and_read_in_parts(api, stack, unique):
     logs = api.get(stack.url(f"/namespaces/_/activations/{ids[0]}/logs")).json()["logs"]
     assert len(logs) == 1 and logs[0].endswith("stdout: log line")
     assert api.get(stack.url("/namespaces/_/activations/0123456789abcdef0123456789abcdef/logs")).status_code == 404
+
+
+WEB = """
+import base64
+def main(args):
+    kind = args.get('kind', 'json')
+    if kind == 'http':
+        return {'statusCode': 201, 'headers': {'X-Squall': 'yes', 'Content-Type': 'application/json'},
+                'body': {'method': args['__ow_method'], 'path': args['__ow_path'], 'q': args.get('q')}}
+    if kind == 'png':
+        return {'headers': {'Content-Type': 'image/png'}, 'body': base64.b64encode(b'\\x89PNG').decode()}
+    if kind == 'fail':
+        return {'error': 'bad input'}
+    return {'html': '<b>hi</b>', 'text': 'hi', 'got': {k: v for k, v in args.items() if not k.startswith('__ow_')},
+            'method': args['__ow_method'], 'agent': args['__ow_headers'].get('user-agent')}
+"""
+
+
+def test_web_actions_answer_plain_http(api, stack, unique):
+    put(api, stack, f"packages/{unique}", {})
+    put(api, stack, f"actions/{unique}/web", action(WEB, annotations=kv(**{"web-export": True})))
+    put(api, stack, f"actions/{unique}-hidden", action(WEB))
+    base = f"{stack.apihost}/api/v1/web/{stack.namespace}/{unique}/web"
+    plain = requests.Session()                                     # no credentials
+    r = plain.post(base + ".json?x=1", json={"y": 2}, headers={"User-Agent": "squall-test"})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.json()["got"] == {"x": "1", "y": 2} and r.json()["method"] == "post" and r.json()["agent"] == "squall-test"
+    assert plain.get(base + ".html").text == "<b>hi</b>"
+    assert plain.get(base + ".text").headers["Content-Type"].startswith("text/plain")
+    r = plain.get(base + ".http/some/path?kind=http&q=v")
+    assert r.status_code == 201 and r.headers["X-Squall"] == "yes"
+    assert r.json() == {"method": "get", "path": "/some/path", "q": "v"}
+    r = plain.get(base + "?kind=png")                                # no extension: .http
+    assert r.headers["Content-Type"] == "image/png" and r.content == b"\x89PNG"
+    assert plain.get(base + ".json?kind=fail").status_code == 400
+    assert plain.options(base + ".json").status_code == 200
+    # Not exported, or not there: 404, as OpenWhisk answers.
+    assert plain.get(f"{stack.apihost}/api/v1/web/{stack.namespace}/default/{unique}-hidden.json").status_code == 404
+    assert plain.get(f"{stack.apihost}/api/v1/web/{stack.namespace}/default/nope.json").status_code == 404
+
+
+def test_web_actions_can_require_authentication(api, stack, unique):
+    put(api, stack, f"actions/{unique}-key", action(WEB, annotations=kv(**{"web-export": True, "require-whisk-auth": True})))
+    put(api, stack, f"actions/{unique}-secret", action(WEB, annotations=kv(**{"web-export": True, "require-whisk-auth": "s3cret"})))
+    base = f"{stack.apihost}/api/v1/web/{stack.namespace}/default/{unique}"
+    assert requests.get(base + "-key.json").status_code == 401
+    assert api.get(base + "-key.json").status_code == 200
+    assert requests.get(base + "-secret.json").status_code == 401
+    assert requests.get(base + "-secret.json", headers={"X-Require-Whisk-Auth": "s3cret"}).status_code == 200

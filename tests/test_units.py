@@ -121,3 +121,23 @@ def test_file_log_source_reads_podman_and_docker_formats(tmp_path):
     docker_log.write_text('{"log":"hi\\n","stream":"stdout","time":"2026-11-24T19:49:35.1Z"}\n')
     assert [(l.time, l.stream, l.text) for l in FileLogSource(str(docker_log)).read()] == [
         ("2026-11-24T19:49:35.1Z", "stdout", "hi")]
+
+
+def test_throttles_refuse_with_openwhisk_messages():
+    from controller.throttles import Throttles
+    from squall.config import LimitsConfig
+    from squall.errors import TooManyRequests
+    t = Throttles(LimitsConfig(namespace_overrides=("small=2/1/1",)))
+    t.admit_invoke("small")
+    t.started("small", "a1")
+    with pytest.raises(TooManyRequests, match=r"concurrent requests in flight \(count: 2, allowed: 1\)"):
+        t.admit_invoke("small")
+    t.finished("a1")
+    t.admit_invoke("small")
+    with pytest.raises(TooManyRequests, match=r"in the last minute \(count: 3, allowed: 2\)"):
+        t.admit_invoke("small")
+    t.admit_fire("small")
+    with pytest.raises(TooManyRequests):
+        t.admit_fire("small")
+    for _ in range(50):   # others keep the generous defaults
+        t.admit_invoke("guest")
