@@ -1,5 +1,5 @@
 import sys
 
-from squall.stack import main
+from squall.cli import main
 
 sys.exit(main())

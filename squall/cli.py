@@ -1,4 +1,4 @@
-"""The `squall` command (console script)."""
+"""The `squall` command (console script): `squall up|down|status|logs` and `squall admin ...`."""
 from __future__ import annotations
 
 import sys
@@ -7,4 +7,8 @@ from squall.stack import main as stack_main
 
 
 def main() -> int:
-    return stack_main(sys.argv[1:])
+    argv = sys.argv[1:]
+    if argv[:1] == ["admin"]:
+        from squall.admin import main as admin_main
+        return admin_main(argv[1:])
+    return stack_main(argv)

@@ -104,6 +104,8 @@ class Store:
     async def _prepare(self) -> None:
         queries = {
             "subject_get": "SELECT uuid, subject, salt, key_hash, namespaces, blocked FROM {ks}.subjects WHERE uuid = ?",
+            "subject_list": "SELECT uuid, subject, salt, key_hash, namespaces, blocked FROM {ks}.subjects",
+            "subject_delete": "DELETE FROM {ks}.subjects WHERE uuid = ?",
             "subject_put": "INSERT INTO {ks}.subjects (uuid, subject, salt, key_hash, namespaces, blocked) VALUES (?, ?, ?, ?, ?, ?)",
             "entity_get": "SELECT doc FROM {ks}.entities WHERE namespace = ? AND collection = ? AND name = ?",
             "entity_put": "INSERT INTO {ks}.entities (namespace, collection, name, doc, updated) VALUES (?, ?, ?, ?, ?)",
@@ -153,6 +155,15 @@ class Store:
             return None
         r = rows[0]
         return Subject(r.uuid, r.subject, r.salt, r.key_hash, tuple(r.namespaces or ()), bool(r.blocked))
+
+    async def list_subjects(self) -> list[Subject]:
+        """Every subject: a full scan, for the admin command only."""
+        rows = await self._run(self._exec("subject_list"))
+        return [Subject(r.uuid, r.subject, r.salt, r.key_hash, tuple(r.namespaces or ()), bool(r.blocked))
+                for r in rows]
+
+    async def delete_subject(self, uuid: str) -> None:
+        await self._run(self._exec("subject_delete", uuid))
 
     async def put_subject(self, s: Subject) -> None:
         await self._run(self._exec("subject_put", s.uuid, s.subject, s.salt, s.key_hash, list(s.namespaces), s.blocked))

@@ -252,3 +252,27 @@ def test_web_actions_can_require_authentication(api, stack, unique):
     assert api.get(base + "-key.json").status_code == 200
     assert requests.get(base + "-secret.json").status_code == 401
     assert requests.get(base + "-secret.json", headers={"X-Require-Whisk-Auth": "s3cret"}).status_code == 200
+
+
+def test_admin_command_creates_subjects_with_several_namespaces_and_rotates_keys(stack, unique):
+    import subprocess
+    import sys
+
+    def admin(*args):
+        out = subprocess.run([sys.executable, "-m", "squall", "admin", *args], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+    key = admin("subject", "create", unique, "--namespace", f"{unique}-a", "--namespace", f"{unique}-b")
+    s = requests.Session()
+    s.auth = tuple(key.split(":", 1))
+    assert s.get(stack.url("/namespaces")).json() == [f"{unique}-a", f"{unique}-b"]
+    assert f"{unique}\t{unique}-a,{unique}-b" in admin("subject", "list")
+    admin("namespace", "add", unique, f"{unique}-c")
+    rotated = admin("subject", "rotate", unique)
+    assert rotated.split(":")[0] == key.split(":")[0] and rotated != key
+    s.auth = tuple(rotated.split(":", 1))
+    assert s.get(stack.url("/namespaces")).json() == [f"{unique}-a", f"{unique}-b", f"{unique}-c"]
+    # Each namespace of the subject is its own: "_" is the first one.
+    r = s.put(stack.url(f"/namespaces/{unique}-b/actions/x"), json=action())
+    assert r.status_code == 200 and r.json()["namespace"] == f"{unique}-b"
+    admin("subject", "delete", unique)
