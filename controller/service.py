@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 
 from controller import entities
 from controller.activator import Activator
+from controller.alarms import AlarmProvider
 from controller.auth import Authenticator, Identity
 from controller.throttles import Throttles
 from controller.web import WebActions
@@ -71,6 +72,7 @@ class SquallService(pb_grpc.SquallServicer):
         self._store = store
         self._auth = auth
         self._activator = Activator(cfg, store, js, waiters, throttles, f"{cfg.controller.host}:{cfg.controller.port}")
+        self.alarms = AlarmProvider(store, self._activator.fire)
         self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
 
     async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
@@ -110,10 +112,32 @@ class SquallService(pb_grpc.SquallServicer):
         if previous is not None and not request.overwrite:
             raise Conflict()
         doc = await self._build(identity, ns, collection, name, body, previous)
+        feed = entities.annotation(doc, "feed") if collection == "triggers" else None
+        feed_params = entities.parameters(doc) if feed else {}
+        if feed:
+            doc["parameters"] = []   # they are the feed's, not the trigger's
         stored = await self._store.put_entity(ns, collection, name, doc, create_only=previous is None)
         if not stored:
             raise Conflict()
+        if feed and feed_params:
+            # With its parameters, the platform tells the feed (wsk and the npm client send none
+            # and call the feed themselves, as in OpenWhisk).
+            error = await self._feed(identity, feed, "CREATE", ns, name, feed_params)
+            if error is not None:
+                await self._store.delete_entity(ns, collection, name)
+                raise BadRequest(f"The feed refused the trigger: {error}")
         return pb.EntityReply(doc_json=_dumps(await self._view(identity, ns, collection, doc, code=True)))
+
+    async def _feed(self, identity: Identity, feed: str, event: str, ns: str, trigger: str,
+                    params: dict) -> str | None:
+        """Invoke a trigger's feed action with a lifecycle event; the error, if it failed."""
+        feed_ns, feed_name = entities.split_fqn(feed, ns)
+        resolved = await self._activator.resolve(identity, feed_ns, feed_name)
+        body = {**params, "lifecycleEvent": event, "triggerName": f"/{ns}/{trigger}", "authKey": identity.key}
+        _, record = await self._activator.invoke(identity, resolved, body, identity.default_namespace, True,
+                                                 self._cfg.controller.blocking_wait_s)
+        response = json.loads(record)["response"] if record else {"success": False, "result": {"error": "timeout"}}
+        return None if response.get("success") else str(response.get("result", {}).get("error", response))
 
     async def _build(self, identity: Identity, ns: str, collection: str, name: str, body: dict,
                      previous: dict | None) -> dict:
@@ -204,6 +228,9 @@ class SquallService(pb_grpc.SquallServicer):
             inside = [a for a in await self._store.list_entities(ns, "actions") if a["name"].startswith(request.name + "/")]
             if inside:
                 raise Conflict(f"Package not empty (contains {len(inside)} {'entity' if len(inside) == 1 else 'entities'})")
+        feed = entities.annotation(doc, "feed") if collection == "triggers" else None
+        if feed:
+            await self._feed(identity, feed, "DELETE", ns, request.name, {})   # best effort, as wsk does
         if not await self._store.delete_entity(ns, collection, request.name):
             raise NotFound()
         return pb.EntityReply(doc_json=_dumps(await self._view(identity, ns, collection, doc, code=False)))
@@ -311,11 +338,14 @@ def _path(record: dict) -> str:
 
 
 class InvokersService(pb_grpc.InvokersServicer):
-    def __init__(self, waiters: Waiters, throttles: Throttles):
+    def __init__(self, waiters: Waiters, throttles: Throttles, alarms: AlarmProvider):
         self._waiters = waiters
         self._throttles = throttles
+        self._alarms = alarms
 
     async def Complete(self, request, context):
         self._throttles.finished(request.activation_id)
         self._waiters.complete(request.activation_id, request.activation_json)
+        if self._alarms.concerns(request.activation_json):
+            await self._alarms.apply_record(request.activation_json)
         return pb.CompletionAck()

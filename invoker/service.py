@@ -92,16 +92,13 @@ class Invoker:
     async def _handle(self, msg: Msg) -> None:
         am = pb.ActivationMessage.FromString(msg.data)
         ticker = asyncio.create_task(_keep_alive(msg, self._cfg.invoker.ack_wait_s / 3))
-        completion = None
         try:
             record = None
             if msg.metadata.num_delivered > 1:
                 record = await self._store.get_activation(am.activation_id)
             if record is None:
                 record = await self._activate(am)
-                # The waiting caller hears the result while the record is being stored, as with
-                # OpenWhisk's active ack; the message is acknowledged only once it is stored.
-                completion = asyncio.create_task(self._complete(am, record))
+                # Stored before anyone hears of it: a caller given the result can read the record.
                 await self._store_record(record, am.activation_id)
             await msg.ack()
         except Exception:
@@ -109,7 +106,7 @@ class Invoker:
             return
         finally:
             ticker.cancel()
-        await (completion or self._complete(am, record))
+        await self._complete(am, record)
 
     async def _activate(self, am: pb.ActivationMessage) -> dict:
         started = _now_ms()

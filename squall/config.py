@@ -76,6 +76,8 @@ class ControllerConfig:
     blocking_wait_s: float = 60.0
     # Seconds an authenticated key stays cached before the store is asked again.
     auth_cache_s: float = 10.0
+    # Run the alarm feed's scheduler (/whisk.system/alarms) in this controller.
+    alarms: bool = True
     # Key of the guest subject created on first start ("uuid:key"); empty: generated.
     guest_auth: str = ""
     guest_namespace: str = "guest"

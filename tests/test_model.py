@@ -276,3 +276,44 @@ def test_admin_command_creates_subjects_with_several_namespaces_and_rotates_keys
     r = s.put(stack.url(f"/namespaces/{unique}-b/actions/x"), json=action())
     assert r.status_code == 200 and r.json()["namespace"] == f"{unique}-b"
     admin("subject", "delete", unique)
+
+
+def test_alarm_feed_fires_a_trigger_on_an_interval(api, stack, unique):
+    put(api, stack, f"actions/{unique}-a", action())
+    # With its feed parameters, creating the trigger tells the feed (lifecycleEvent CREATE).
+    put(api, stack, f"triggers/{unique}", {"annotations": kv(feed="/whisk.system/alarms/interval"),
+                                           "parameters": kv(seconds=1, trigger_payload={"tick": True})})
+    put(api, stack, f"rules/{unique}-r", {"trigger": f"/_/{unique}", "action": f"/_/{unique}-a"})
+    fired = []
+    for _ in range(60):
+        listed = api.get(stack.url(f"/namespaces/_/activations?name={unique}-a&docs=true")).json()
+        fired = [a["response"]["result"] for a in listed]
+        if len(fired) >= 2:
+            break
+        time.sleep(0.5)
+    assert len(fired) >= 2 and fired[0]["tick"] is True and "alarmTime" in fired[0]
+    # Deleting the trigger tells the feed (DELETE): no more alarms.
+    assert api.delete(stack.url(f"/namespaces/_/triggers/{unique}")).status_code == 200
+    time.sleep(1.5)
+    count = len(api.get(stack.url(f"/namespaces/_/activations?name={unique}-a")).json())
+    time.sleep(2.5)
+    assert len(api.get(stack.url(f"/namespaces/_/activations?name={unique}-a")).json()) == count
+
+
+def test_feed_actions_are_invoked_with_lifecycle_events_and_validate(api, stack, unique):
+    put(api, stack, f"triggers/{unique}", {"annotations": kv(feed="/whisk.system/alarms/alarm")})
+    feed = "/namespaces/whisk.system/actions/alarms/alarm?blocking=true"
+    r = api.post(stack.url(feed), json={"lifecycleEvent": "CREATE", "triggerName": f"/{stack.namespace}/{unique}",
+                                        "cron": "not a cron"})
+    assert r.status_code == 502 and "five fields" in r.json()["response"]["result"]["error"]
+    r = api.post(stack.url(feed), json={"lifecycleEvent": "CREATE", "triggerName": f"/{stack.namespace}/{unique}",
+                                        "cron": "*/5 * * * *"})
+    assert r.status_code == 200 and r.json()["response"]["result"]["alarm"]["cron"] == "*/5 * * * *"
+    for event in ("PAUSE", "UNPAUSE", "READ", "DELETE"):
+        r = api.post(stack.url(feed), json={"lifecycleEvent": event, "triggerName": f"/{stack.namespace}/{unique}"})
+        assert r.status_code == 200, r.text
+    # A trigger whose feed refuses its parameters is not created.
+    r = api.put(stack.url(f"/namespaces/_/triggers/{unique}-bad"),
+                json={"annotations": kv(feed="/whisk.system/alarms/alarm"), "parameters": kv(cron="* *")})
+    assert r.status_code == 400 and "feed refused" in r.json()["error"]
+    assert api.get(stack.url(f"/namespaces/_/triggers/{unique}-bad")).status_code == 404

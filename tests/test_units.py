@@ -141,3 +141,18 @@ def test_throttles_refuse_with_openwhisk_messages():
         t.admit_fire("small")
     for _ in range(50):   # others keep the generous defaults
         t.admit_invoke("guest")
+
+
+def test_cron_schedules_match_like_crontab():
+    import datetime as dt
+    from controller.alarms import Cron
+    from squall.errors import BadRequest
+    every_5 = Cron.parse("*/5 * * * *")
+    assert every_5.matches(dt.datetime(2026, 1, 1, 10, 15)) and not every_5.matches(dt.datetime(2026, 1, 1, 10, 16))
+    weekdays_9 = Cron.parse("0 9 * * 1-5")
+    assert weekdays_9.matches(dt.datetime(2026, 11, 23, 9, 0))        # a Monday
+    assert not weekdays_9.matches(dt.datetime(2026, 11, 22, 9, 0))    # a Sunday
+    assert Cron.parse("30 2 1,15 6 0").matches(dt.datetime(2025, 6, 15, 2, 30))   # Sunday the 15th
+    for bad in ("* * * *", "61 * * * *", "a * * * *", "*/0 * * * *"):
+        with pytest.raises(BadRequest):
+            Cron.parse(bad)
