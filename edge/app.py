@@ -13,6 +13,7 @@ import grpc
 from aiohttp import web
 
 from edge.errors import ACTIVATION_TO_HTTP, error_response, from_grpc
+from edge.openapi import Doc, document
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
 from squall.config import SquallConfig
@@ -185,26 +186,44 @@ async def api_info(request: web.Request) -> web.Response:
                               "api_paths": [API], "api_version": "1.0.0"})
 
 
+def routes() -> list[tuple[str, str, Handler, Doc]]:
+    """Every route the edge serves, with its description for the OpenAPI document."""
+    ns = API + "/namespaces/{ns}"
+    entity = ns + "/{collection:actions|packages|triggers|rules}"
+    paging = ("limit", "skip", "count")
+    return [
+        ("GET", "/", api_info, Doc("API information")),
+        ("GET", API, api_info, Doc("API information")),
+        ("GET", API + "/api-docs", api_docs, Doc("This OpenAPI document")),
+        ("GET", API + "/namespaces", list_namespaces, Doc("The caller's namespaces")),
+        ("GET", ns + "/activations", list_activations,
+         Doc("List activations, newest first", query=("name", "since", "upto", "skip", "limit", "docs"))),
+        ("GET", ns + "/activations/", list_activations, Doc("List activations")),
+        ("GET", ns + "/activations/{id}", get_activation, Doc("An activation record")),
+        ("GET", ns + "/activations/{id}/{part:result|logs}", get_activation_part, Doc("An activation's result or logs")),
+        ("GET", entity, list_entities, Doc("List entities", query=paging)),
+        ("GET", entity + "/", list_entities, Doc("List entities", query=paging)),
+        ("PUT", entity + "/{name:.+}", put_entity, Doc("Create or update an entity", query=("overwrite",), body=True)),
+        ("GET", entity + "/{name:.+}", get_entity, Doc("Get an entity", query=("code",))),
+        ("DELETE", entity + "/{name:.+}", delete_entity, Doc("Delete an entity")),
+        ("POST", ns + "/actions/{name:.+}", invoke,
+         Doc("Invoke an action", {"200": "the activation (blocking)", "202": "the activation id"},
+             query=("blocking", "result", "timeout"), body=True)),
+        ("POST", ns + "/triggers/{name}", fire_trigger, Doc("Fire a trigger", {"202": "the trigger's activation id"}, body=True)),
+        ("POST", ns + "/rules/{name}", set_rule_status, Doc("Enable or disable a rule", body=True)),
+        ("*", API + "/web/{ns}/{pkg}/{rest:.+}", web_action,
+         Doc("A web action: {action}.{json|html|http|text|svg}[/path]", {"200": "the action's response"}, body=True)),
+    ]
+
+
+async def api_docs(request: web.Request) -> web.Response:
+    return web.json_response(document(routes()))
+
+
 def build_app(cfg: SquallConfig, channel: grpc.aio.Channel) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=cfg.limits.body_max_bytes)
     app[STUB] = pb_grpc.SquallStub(channel)
     app[CONFIG] = cfg
-    ns = API + "/namespaces/{ns}"
-    entity = ns + "/{collection:actions|packages|triggers|rules}"
-    app.router.add_get("/", api_info)
-    app.router.add_get(API, api_info)
-    app.router.add_get(API + "/namespaces", list_namespaces)
-    app.router.add_get(ns + "/activations", list_activations)
-    app.router.add_get(ns + "/activations/", list_activations)
-    app.router.add_get(ns + "/activations/{id}", get_activation)
-    app.router.add_get(ns + "/activations/{id}/{part:result|logs}", get_activation_part)
-    app.router.add_get(entity, list_entities)
-    app.router.add_get(entity + "/", list_entities)
-    app.router.add_put(entity + "/{name:.+}", put_entity)
-    app.router.add_get(entity + "/{name:.+}", get_entity)
-    app.router.add_delete(entity + "/{name:.+}", delete_entity)
-    app.router.add_post(ns + "/actions/{name:.+}", invoke)
-    app.router.add_post(ns + "/triggers/{name}", fire_trigger)
-    app.router.add_post(ns + "/rules/{name}", set_rule_status)
-    app.router.add_route("*", API + "/web/{ns}/{pkg}/{rest:.+}", web_action)
+    for method, path, handler, _ in routes():
+        app.router.add_route(method, path, handler)
     return app
