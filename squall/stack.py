@@ -321,7 +321,9 @@ def write_wskprops(cfg: SquallConfig, layout: Layout) -> None:
     layout.wskprops.write_text(
         f"APIHOST=http://{cfg.edge.host}:{cfg.edge.port}\n"
         f"AUTH={cfg.controller.guest_auth}\n"
-        f"NAMESPACE={cfg.controller.guest_namespace}\n")
+        f"NAMESPACE={cfg.controller.guest_namespace}\n"
+        # Not read by wsk: where gRPC clients (squall.client) find the controller's public API.
+        f"GRPCHOST={cfg.controller.host}:{cfg.controller.port}\n")
 
 
 def prepare(base: SquallConfig | None = None) -> tuple[SquallConfig, Layout]:
