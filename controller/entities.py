@@ -141,6 +141,12 @@ def build_action(namespace: str, name: str, body: Any, previous: dict | None, cf
     }
 
 
+def public(doc: dict) -> dict:
+    """As OpenWhisk shows an action inside a package: namespace "ns/pkg", name "action"."""
+    package, _, short = doc.get("name", "").rpartition("/")
+    return {**doc, "namespace": f"{doc['namespace']}/{package}", "name": short} if package else doc
+
+
 def without_code(doc: dict) -> dict:
     exec_ = {k: v for k, v in doc.get("exec", {}).items() if k != "code"}
     return {**doc, "exec": exec_}
@@ -148,6 +154,7 @@ def without_code(doc: dict) -> dict:
 
 def summary(doc: dict) -> dict:
     """An entry of a list response (OpenWhisk lists omit code and parameters)."""
+    doc = public(doc)
     out = {k: doc[k] for k in ("namespace", "name", "version", "annotations", "publish", "updated") if k in doc}
     if "exec" in doc:
         out["exec"] = {"binary": doc["exec"].get("binary", False)}

@@ -179,7 +179,7 @@ class SquallService(pb_grpc.SquallServicer):
     async def _view(self, identity: Identity, ns: str, collection: str, doc: dict, code: bool) -> dict:
         """An entity as OpenWhisk returns it: packages list their actions, triggers their rules."""
         if collection == "actions":
-            return doc if code else entities.without_code(doc)
+            return entities.public(doc if code else entities.without_code(doc))
         if collection == "packages":
             source = doc.get("binding") or {"namespace": ns, "name": doc["name"]}
             actions = await self._store.list_entities(source["namespace"], "actions")

@@ -13,6 +13,8 @@ packages=(openjdk-17-jre-headless maven debootstrap curl ca-certificates)
 if [ -z "${DOCKER_HOST:-}" ]; then
   packages+=(podman runc netavark aardvark-dns iptables catatonit conmon)
 fi
+# Node.js and npm run the conformance suite (the official `openwhisk` npm client).
+command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
