@@ -71,6 +71,7 @@ class SquallService(pb_grpc.SquallServicer):
         self._cfg = cfg
         self._store = store
         self._auth = auth
+        self._throttles = throttles
         self._activator = Activator(cfg, store, js, waiters, throttles, f"{cfg.controller.host}:{cfg.controller.port}")
         self.alarms = AlarmProvider(store, self._activator.fire)
         self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
@@ -322,6 +323,16 @@ class SquallService(pb_grpc.SquallServicer):
                        for r in records]
         return pb.ListReply(list_json=_dumps(records))
 
+
+    @_rpc
+    async def GetLimits(self, request, context):
+        identity = await self._identity(context)
+        limits = self._throttles.limits(self._namespace(identity, request.namespace))
+        return pb.EntityReply(doc_json=_dumps({
+            "invocationsPerMinute": limits.invocations_per_minute,
+            "concurrentInvocations": limits.concurrent,
+            "firesPerMinute": limits.fires_per_minute,
+        }))
 
     @_rpc
     async def WebInvoke(self, request, context):

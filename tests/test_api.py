@@ -281,3 +281,16 @@ async def test_openapi_document_describes_every_route(stack):
                 continue
             for m in (("get", "post", "put", "delete") if method == "*" else (method.lower(),)):
                 assert m in doc["paths"].get(path, {}), f"{m.upper()} {path} is not documented"
+
+
+def test_blocking_wait_that_runs_out_answers_the_activation_id(api, stack, unique):
+    create(api, stack, unique, "python:3", "import time\ndef main(args):\n    time.sleep(2)\n    return {'slow': True}\n")
+    r = api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true&timeout=300"), json={})
+    assert r.status_code == 202 and set(r.json()) == {"activationId"}
+    record = poll_activation(api, stack, r.json()["activationId"])
+    assert record["response"]["result"] == {"slow": True}
+
+
+def test_namespace_limits_are_readable(api, stack):
+    limits = api.get(stack.url("/namespaces/_/limits")).json()
+    assert set(limits) == {"invocationsPerMinute", "concurrentInvocations", "firesPerMinute"}

@@ -317,3 +317,11 @@ def test_feed_actions_are_invoked_with_lifecycle_events_and_validate(api, stack,
                 json={"annotations": kv(feed="/whisk.system/alarms/alarm"), "parameters": kv(cron="* *")})
     assert r.status_code == 400 and "feed refused" in r.json()["error"]
     assert api.get(stack.url(f"/namespaces/_/triggers/{unique}-bad")).status_code == 404
+
+
+def test_raw_http_web_actions_get_the_query_and_body_as_they_came(api, stack, unique):
+    code = "def main(args):\n    return {'q': args['__ow_query'], 'b': args.get('__ow_body'), 'x': args.get('x')}\n"
+    put(api, stack, f"actions/{unique}", action(code, annotations=kv(**{"web-export": True, "raw-http": True})))
+    r = requests.post(f"{stack.apihost}/api/v1/web/{stack.namespace}/default/{unique}.json?x=1&y=2",
+                      data="plain text", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200 and r.json() == {"q": "x=1&y=2", "b": "plain text", "x": None}
