@@ -45,3 +45,50 @@ async def test_errors_arrive_as_grpc_status_codes(client, stack, unique):
         await stranger.namespaces()
     assert denied.value.code is grpc.StatusCode.UNAUTHENTICATED
     await stranger.close()
+
+
+async def test_throttles_answer_resource_exhausted_before_queueing(stack, unique):
+    """A second controller with small limits for the guest namespace, beside the stack's."""
+    import asyncio
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from squall.stack import prepare
+    configured, _ = prepare()        # the stack's settings, with its generated credentials
+    env = {**os.environ, **configured.env(), "SQUALL_CONTROLLER_PORT": str(port), "SQUALL_CONTROLLER_ALARMS": "false",
+           "SQUALL_LIMITS_NAMESPACE_OVERRIDES": f"{stack.namespace}=3/100/1"}
+    proc = subprocess.Popen([sys.executable, "-m", "controller"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    client = SquallClient(f"127.0.0.1:{port}", stack.auth)
+    try:
+        for _ in range(100):
+            try:
+                limits = await client.namespaces()
+                break
+            except SquallClientError:
+                await asyncio.sleep(0.1)
+        assert limits == [stack.namespace]
+        await client.put("actions", unique, {"exec": {"kind": "python:3", "code": CODE}})
+        await client.put("triggers", unique, {})
+        for _ in range(3):
+            await client.start(unique)
+        with pytest.raises(SquallClientError) as throttled:
+            await client.start(unique)
+        assert throttled.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Too many requests in the last minute (count: 4, allowed: 3)" in throttled.value.message
+        await client.fire(unique)
+        with pytest.raises(SquallClientError) as fires:
+            await client.fire(unique)
+        assert fires.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await client.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
