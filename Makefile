@@ -1,5 +1,12 @@
 # Squall: see README.md. Every target sets up what it needs first.
 PY := .venv/bin/python
+# make up INVOKERS=3 INVOKER_MEMORY=1024: that many invokers, each with that much user memory (MB).
+ifdef INVOKERS
+export SQUALL_CONTROLLER_INVOKERS := $(INVOKERS)
+endif
+ifdef INVOKER_MEMORY
+export SQUALL_INVOKER_USER_MEMORY_MB := $(INVOKER_MEMORY)
+endif
 PROTO_OUT := proto/squall_pb2.py proto/squall_pb2_grpc.py proto/squall_pb2.pyi
 
 .PHONY: setup proto up down status logs test bench clean
@@ -29,7 +36,7 @@ logs:
 
 # Set up, start the stack (if it is not running) and run every test against it.
 test: setup
-	@$(PY) -m squall.stack up
+	@SQUALL_CONTROLLER_INVOKERS=$${SQUALL_CONTROLLER_INVOKERS:-2} $(PY) -m squall.stack up
 	@scripts/run-tests.sh
 
 bench: setup

@@ -125,6 +125,9 @@ class ContainerPool:
     def used_mb(self) -> int:
         return sum(c.memory_mb for c in self._containers)
 
+    def busy(self) -> int:
+        return sum(c.active for c in self._containers)
+
     def snapshot(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for c in self._containers:

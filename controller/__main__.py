@@ -7,6 +7,8 @@ import logging
 import grpc
 
 from controller.auth import Authenticator
+from controller.balancer import Balancer
+from controller.invokers import InvokerSupervision
 from controller.service import InvokersService, SquallService
 from controller.throttles import Throttles
 from controller.waiters import Waiters
@@ -31,17 +33,23 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     waiters = Waiters()
     throttles = Throttles(cfg.limits)
 
-    service = SquallService(cfg, store, js, auth, waiters, throttles)
+    balancer = Balancer(cfg.controller.invokers, cfg.controller.unresponsive_after_s)
+    address = f"{cfg.controller.host}:{cfg.controller.port}"
+    supervision = InvokerSupervision(cfg, nc, js, await bus.started_marks(js, cfg.nats), store, balancer,
+                                     waiters, address)
+    await supervision.start()
+    service = SquallService(cfg, store, js, auth, waiters, throttles, balancer)
     await service.alarms.start(schedule=cfg.controller.alarms)
     server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_SquallServicer_to_server(service, server)
-    pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters, throttles, service.alarms), server)
+    pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters, throttles, service.alarms, balancer), server)
     server.add_insecure_port(f"{cfg.controller.host}:{cfg.controller.port}")
     await server.start()
     log.info("controller listening on %s:%s", cfg.controller.host, cfg.controller.port)
     await stop.wait()
     log.info("controller stopping")
     await service.alarms.stop()
+    await supervision.stop()
     await server.stop(grace=5)
     await nc.close()
     await store.close()

@@ -71,13 +71,13 @@ class Resolved:
 
 class Activator:
     def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, waiters: Waiters,
-                 throttles: Throttles, address: str):
+                 throttles: Throttles, balancer: Balancer, address: str):
         self._cfg = cfg
         self._store = store
         self._js = js
         self._waiters = waiters
         self._throttles = throttles
-        self._balancer = Balancer(cfg.controller.invokers)
+        self._balancer = balancer
         self._address = address
         self._tasks: set[asyncio.Task] = set()
 
@@ -169,8 +169,9 @@ class Activator:
             subject=identity.subject, user_namespace=user_ns, params_json=_dumps(params),
             blocking=blocking, controller=self._address, api_key=identity.key,
             submitted_ms=_now_ms(), cause=cause, path=resolved.path)
+        memory = resolved.doc.get("limits", {}).get("memory", 256)
+        invoker = await self._invoker_for(resolved, memory)
         waiter = self._waiters.expect(activation_id) if blocking else None
-        invoker = self._balancer.choose(resolved.namespace, resolved.name)
         try:
             # Acknowledged by JetStream (on disk) before anyone hears of the activation.
             await self._js.publish(invoker_subject(self._cfg.nats, invoker), message.SerializeToString(),
@@ -180,7 +181,19 @@ class Activator:
             log.warning("publish of %s failed: %s", activation_id, exc)
             raise Unavailable() from None
         self._throttles.started(user_ns, activation_id)
+        self._balancer.placed(activation_id, invoker, memory)
         return activation_id, waiter
+
+    async def _invoker_for(self, resolved: Resolved, memory: int) -> int:
+        invoker = self._balancer.choose(resolved.namespace, resolved.name, memory)
+        # Just after this controller started, or while invokers restart: wait briefly for one.
+        deadline = time.monotonic() + 3.0
+        while invoker is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            invoker = self._balancer.choose(resolved.namespace, resolved.name, memory)
+        if invoker is None:
+            raise Unavailable("No invokers are available.")
+        return invoker
 
     async def _step(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
                     cause: str) -> tuple[str, dict]:

@@ -17,6 +17,7 @@ from controller import entities
 from controller.activator import Activator
 from controller.alarms import AlarmProvider
 from controller.auth import Authenticator, Identity
+from controller.balancer import Balancer
 from controller.throttles import Throttles
 from controller.web import WebActions
 from controller.waiters import Waiters
@@ -67,12 +68,14 @@ def _dumps(value: Any) -> bytes:
 
 class SquallService(pb_grpc.SquallServicer):
     def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, auth: Authenticator,
-                 waiters: Waiters, throttles: Throttles):
+                 waiters: Waiters, throttles: Throttles, balancer: Balancer):
         self._cfg = cfg
         self._store = store
         self._auth = auth
         self._throttles = throttles
-        self._activator = Activator(cfg, store, js, waiters, throttles, f"{cfg.controller.host}:{cfg.controller.port}")
+        self._balancer = balancer
+        self._activator = Activator(cfg, store, js, waiters, throttles, balancer,
+                                    f"{cfg.controller.host}:{cfg.controller.port}")
         self.alarms = AlarmProvider(store, self._activator.fire)
         self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
 
@@ -325,6 +328,11 @@ class SquallService(pb_grpc.SquallServicer):
 
 
     @_rpc
+    async def ListInvokers(self, request, context):
+        await self._identity(context)
+        return pb.ListReply(list_json=_dumps(self._balancer.snapshot()))
+
+    @_rpc
     async def GetLimits(self, request, context):
         identity = await self._identity(context)
         limits = self._throttles.limits(self._namespace(identity, request.namespace))
@@ -349,13 +357,16 @@ def _path(record: dict) -> str:
 
 
 class InvokersService(pb_grpc.InvokersServicer):
-    def __init__(self, waiters: Waiters, throttles: Throttles, alarms: AlarmProvider):
+    def __init__(self, waiters: Waiters, throttles: Throttles, alarms: AlarmProvider, balancer: Balancer):
         self._waiters = waiters
         self._throttles = throttles
         self._alarms = alarms
+        self._balancer = balancer
 
     async def Complete(self, request, context):
         self._throttles.finished(request.activation_id)
+        status = json.loads(request.activation_json).get("statusCode", 0)
+        self._balancer.completed(request.activation_id, request.invoker, status)
         self._waiters.complete(request.activation_id, request.activation_json)
         if self._alarms.concerns(request.activation_json):
             await self._alarms.apply_record(request.activation_json)

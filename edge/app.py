@@ -125,6 +125,11 @@ async def get_activation(request: web.Request) -> web.Response:
     return _json(reply.activation_json)
 
 
+async def list_invokers(request: web.Request) -> web.Response:
+    reply = await request.app[STUB].ListInvokers(pb.ListInvokersRequest(), metadata=_meta(request))
+    return _json(reply.list_json)
+
+
 async def get_limits(request: web.Request) -> web.Response:
     reply = await request.app[STUB].GetLimits(pb.LimitsRequest(namespace=request.match_info["ns"]),
                                               metadata=_meta(request))
@@ -202,6 +207,7 @@ def routes() -> list[tuple[str, str, Handler, Doc]]:
         ("GET", API, api_info, Doc("API information")),
         ("GET", API + "/api-docs", api_docs, Doc("This OpenAPI document")),
         ("GET", API + "/namespaces", list_namespaces, Doc("The caller's namespaces")),
+        ("GET", API + "/invokers", list_invokers, Doc("The invokers: status, capacity and load")),
         ("GET", ns + "/limits", get_limits, Doc("The namespace's throttles")),
         ("GET", ns + "/activations", list_activations,
          Doc("List activations, newest first", query=("name", "since", "upto", "skip", "limit", "docs"))),

@@ -21,7 +21,10 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
 
 # An activation's response.statusCode -> HTTP status of a blocking invoke (OpenWhisk's):
 # success, application error, action developer error, whisk internal error.
-ACTIVATION_TO_HTTP: dict[int, int] = {0: 200, 1: 502, 2: 502, 3: 500}
+# A blocking invoke's status by the activation's statusCode. A whisk internal error (e.g. the
+# invoker running it died) is 502 with the activation in the body, like the action's own
+# failures, rather than OpenWhisk's 500: the caller gets the record saying what happened.
+ACTIVATION_TO_HTTP: dict[int, int] = {0: 200, 1: 502, 2: 502, 3: 502}
 
 def error_response(status: int, message: str, code: str) -> web.Response:
     body = json.dumps({"error": message, "code": code})

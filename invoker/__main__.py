@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import docker
@@ -31,13 +32,28 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     pool = ContainerPool(DockerBackend(client, network, cfg.pool.freeze_directly), ProxyClient(cfg.limits.payload_max_bytes),
                          cfg.pool, cfg.invoker.user_memory_mb, cfg.invoker.id)
     await pool.start()
+    js = nc.jetstream()
+    heartbeat = asyncio.create_task(_heartbeat(nc, cfg, pool, stop))
     try:
-        await Invoker(cfg, store, nc.jetstream(), pool).serve(stop)
+        await Invoker(cfg, store, js, pool, await bus.started_marks(js, cfg.nats)).serve(stop)
     finally:
+        heartbeat.cancel()
         log.info("invoker stopping: removing containers")
         await pool.stop()
         await nc.close()   # unacked work is redelivered anyway; drain can hang on a pull consumer
         await store.close()
+
+
+async def _heartbeat(nc, cfg: SquallConfig, pool: ContainerPool, stop: asyncio.Event) -> None:
+    """Every second: alive, with capacity and load, for the controllers' balancers."""
+    while not stop.is_set():
+        beat = {"id": cfg.invoker.id, "capacityMB": cfg.invoker.user_memory_mb, "usedMB": pool.used_mb(),
+                "inFlight": pool.busy(), "containers": pool.snapshot()}
+        try:
+            await nc.publish(cfg.nats.health_subject, json.dumps(beat).encode())
+        except Exception as exc:   # NATS restarting: the next beat goes through
+            log.debug("heartbeat not sent: %s", exc)
+        await asyncio.sleep(1.0)
 
 
 if __name__ == "__main__":

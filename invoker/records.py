@@ -116,3 +116,9 @@ def record(msg: pb.ActivationMessage, action: ActionInfo, resp: dict, outcome: O
     if msg.cause:
         doc["cause"] = msg.cause
     return doc
+
+
+def failed(msg: pb.ActivationMessage, message: str, now_ms: int) -> dict:
+    """The record of an activation that cannot be run or finished: a whisk internal error."""
+    info = ActionInfo(msg.namespace, msg.name, "0.0.1", "unknown", {})
+    return record(msg, info, response(WHISK_ERROR, {"error": message}), None, now_ms, now_ms)

@@ -17,7 +17,8 @@ import time
 import grpc
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 from nats.aio.msg import Msg
 
 from container_pool.backend import ImageUnavailable
@@ -28,7 +29,7 @@ from invoker import records
 from invoker.records import ActionInfo
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
-from squall.bus import invoker_subject
+from squall.bus import invoker_consumer, invoker_durable, invoker_subject
 from squall.config import SquallConfig
 from squall.store import Store, revision
 
@@ -40,11 +41,13 @@ def _now_ms() -> int:
 
 
 class Invoker:
-    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, pool: ContainerPool):
+    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, pool: ContainerPool,
+                 started: KeyValue):
         self._cfg = cfg
         self._store = store
         self._js = js
         self._pool = pool
+        self._started = started
         self._id = cfg.invoker.id
         self._actions: dict[tuple[str, str], tuple[str, dict]] = {}
         self._controllers: dict[str, pb_grpc.InvokersStub] = {}
@@ -53,16 +56,9 @@ class Invoker:
 
     async def serve(self, stop: asyncio.Event) -> None:
         cfg = self._cfg
-        durable = f"invoker{self._id}"
         sub = await self._js.pull_subscribe(
-            invoker_subject(cfg.nats, self._id), durable=durable, stream=cfg.nats.stream,
-            config=ConsumerConfig(
-                durable_name=durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=cfg.invoker.ack_wait_s,
-                max_ack_pending=cfg.invoker.max_concurrent,
-                max_deliver=-1,
-            ))
+            invoker_subject(cfg.nats, self._id), durable=invoker_durable(self._id), stream=cfg.nats.stream,
+            config=invoker_consumer(self._id, cfg.invoker.ack_wait_s, cfg.invoker.max_concurrent))
         slot_freed = asyncio.Event()
         log.info("invoker %s consuming %s (pid %d)", self._id, invoker_subject(cfg.nats, self._id), os.getpid())
         while not stop.is_set():
@@ -96,7 +92,12 @@ class Invoker:
             record = None
             if msg.metadata.num_delivered > 1:
                 record = await self._store.get_activation(am.activation_id)
+                if record is None and await _marked(self._started, am.activation_id):
+                    # Begun before, by this invoker or one that died: at most once, so not again.
+                    record = records.failed(am, "The invoker running this activation failed before it "
+                                                "completed; the action may have run partly.", _now_ms())
             if record is None:
+                await self._started.put(am.activation_id, str(self._id).encode())
                 record = await self._activate(am)
                 # Stored before anyone hears of it: a caller given the result can read the record.
                 await self._store_record(record, am.activation_id)
@@ -200,6 +201,14 @@ class Invoker:
             await stub.Complete(pb.Completion(
                 activation_id=am.activation_id, invoker=self._id,
                 activation_json=json.dumps(record, separators=(",", ":")).encode()), timeout=5)
+
+
+async def _marked(started: KeyValue, activation_id: str) -> bool:
+    try:
+        await started.get(activation_id)
+        return True
+    except KeyNotFoundError:
+        return False
 
 
 async def _keep_alive(msg: Msg, every: float) -> None:

@@ -11,8 +11,10 @@ import logging
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType,
+                         StreamConfig)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from squall.config import NatsConfig
 
@@ -36,6 +38,27 @@ async def connect(cfg: NatsConfig, name: str) -> NATS:
 
 def invoker_subject(cfg: NatsConfig, invoker_id: int) -> str:
     return f"{cfg.subject_prefix}.invoker{invoker_id}"
+
+
+def invoker_durable(invoker_id: int) -> str:
+    return f"invoker{invoker_id}"
+
+
+def invoker_consumer(invoker_id: int, ack_wait_s: float, max_ack_pending: int) -> ConsumerConfig:
+    """The one durable pull consumer of an invoker's subject: its invoker pulls from it, and a
+    controller taking over after the invoker's death pulls from the same one."""
+    return ConsumerConfig(durable_name=invoker_durable(invoker_id), ack_policy=AckPolicy.EXPLICIT,
+                          ack_wait=ack_wait_s, max_ack_pending=max_ack_pending, max_deliver=-1)
+
+
+async def started_marks(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
+    """Activations an invoker began to run: a redelivered one found here is not run again."""
+    try:
+        return await js.key_value(cfg.started_bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(KeyValueConfig(
+            bucket=cfg.started_bucket, history=1, ttl=7 * 24 * 3600, storage=StorageType.FILE,
+            replicas=cfg.replicas))
 
 
 async def ensure_stream(js: JetStreamContext, cfg: NatsConfig) -> None:

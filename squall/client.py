@@ -89,6 +89,9 @@ class SquallClient:
             namespace=self.namespace, collection=collection, limit=limit, skip=skip))
         return json.loads(reply.list_json)
 
+    async def invokers(self) -> list[dict]:
+        return json.loads((await self._call("ListInvokers", pb.ListInvokersRequest())).list_json)
+
     async def namespaces(self) -> list[str]:
         return json.loads((await self._call("ListNamespaces", pb.ListNamespacesRequest())).list_json)
 

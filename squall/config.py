@@ -41,6 +41,10 @@ class NatsConfig:
     replicas: int = 1
     # Largest message the stream and server accept, bytes (payload limit plus headroom).
     max_message_bytes: int = 8 * 1024 * 1024
+    # Core NATS subject of the invokers' heartbeats (outside the stream: nothing to keep).
+    health_subject: str = "squall.health"
+    # JetStream key-value bucket marking activations an invoker has started (at most once).
+    started_bucket: str = "squall_started"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ class ControllerConfig:
     auth_cache_s: float = 10.0
     # Run the alarm feed's scheduler (/whisk.system/alarms) in this controller.
     alarms: bool = True
+    # An invoker not heard from this long gets no new work ...
+    unresponsive_after_s: float = 3.0
+    # ... and after this long, the controller takes over what waits for it (failover).
+    takeover_after_s: float = 10.0
     # Key of the guest subject created on first start ("uuid:key"); empty: generated.
     guest_auth: str = ""
     guest_namespace: str = "guest"
@@ -102,8 +110,9 @@ class InvokerConfig:
     network: str = ""
     # Activations one invoker runs at once, at most.
     max_concurrent: int = 64
-    # Seconds JetStream waits for an ack before redelivering; extended while running.
-    ack_wait_s: float = 30.0
+    # Seconds JetStream waits for an ack before redelivering; extended while running. (How soon
+    # the work of a dead invoker can be taken over.)
+    ack_wait_s: float = 15.0
 
 
 @dataclass(frozen=True)

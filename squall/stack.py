@@ -336,6 +336,7 @@ def prepare(base: SquallConfig | None = None) -> tuple[SquallConfig, Layout]:
 
 def up() -> SquallConfig:
     cfg, layout = prepare()
+    cfg = _running_config(cfg, layout)   # an invoker that died is started again
     provision(cfg, layout)
     comps = components(cfg, layout)
     for comp in comps:
@@ -352,9 +353,17 @@ def up() -> SquallConfig:
     return cfg
 
 
+def _running_config(cfg: SquallConfig, layout: Layout) -> SquallConfig:
+    """The configuration, with as many invokers as have pid files (a stack started with more
+    invokers than this command was given is still stopped and shown whole)."""
+    ids = [int(p.stem[len("invoker"):]) for p in layout.run.glob("invoker*.pid") if p.stem[len("invoker"):].isdigit()]
+    count = max([cfg.controller.invokers, *(i + 1 for i in ids)])
+    return replace(cfg, controller=replace(cfg.controller, invokers=count))
+
+
 def down() -> None:
     cfg, layout = prepare()
-    for comp in reversed(components(cfg, layout)):
+    for comp in reversed(components(_running_config(cfg, layout), layout)):
         stop(layout, comp.name, comp.stop_timeout)
     say("down")
 
@@ -362,12 +371,34 @@ def down() -> None:
 def status() -> int:
     cfg, layout = prepare()
     worst = 0
-    for comp in components(cfg, layout):
+    for comp in components(_running_config(cfg, layout), layout):
         pid = running_pid(layout, comp.name)
         state = "stopped" if pid is None else ("ready" if comp.ready() else "starting")
         worst = max(worst, 0 if state == "ready" else 1)
         print(f"{comp.name:<12} {state:<9} {'pid ' + str(pid) if pid else ''}")
+    _print_invokers(cfg)
     return worst
+
+
+def _print_invokers(cfg: SquallConfig) -> None:
+    """The controller's view of the invokers (health, capacity, load), if it answers."""
+    import asyncio
+    from squall.client import SquallClient, SquallClientError
+    try:
+        props = dict(l.split("=", 1) for l in (cfg.paths.state / "wskprops").read_text().splitlines() if "=" in l)
+    except OSError:
+        return
+
+    async def ask() -> list[dict]:
+        async with SquallClient(props.get("GRPCHOST", ""), props.get("AUTH", "")) as client:
+            return await asyncio.wait_for(client.invokers(), 3)
+    try:
+        invokers = asyncio.run(ask())
+    except (SquallClientError, asyncio.TimeoutError, OSError):
+        return
+    print(f"\n{'invoker':<9} {'status':<13} {'capacity MB':>11} {'used MB':>8} {'reserved MB':>11} {'in flight':>9}")
+    for i in invokers:
+        print(f"{i['id']:<9} {i['status']:<13} {i['capacityMB']:>11} {i['usedMB']:>8} {i['reservedMB']:>11} {i['inFlight']:>9}")
 
 
 def logs(names: list[str], lines: int) -> None:

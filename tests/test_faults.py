@@ -1,0 +1,74 @@
+"""Failure of an invoker on the real stack with two or more: nothing accepted is lost, and what
+had started is not run again (a record says its invoker failed)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from squall.config import REPO_ROOT
+from tests.conftest import poll_activation
+
+pytestmark = pytest.mark.stack
+
+SLOW = "import time\ndef main(args):\n    time.sleep(args.get('sleep', 2))\n    return {'done': args.get('i')}\n"
+
+
+def healthy_invokers(api, stack) -> list[int]:
+    return [i["id"] for i in api.get(stack.url("/invokers")).json() if i["status"] == "healthy"]
+
+
+def test_a_killed_invoker_loses_nothing_and_runs_nothing_twice(api, stack, unique):
+    invokers = healthy_invokers(api, stack)
+    if len(invokers) < 2:
+        pytest.skip("needs a stack with two or more invokers (make test starts two)")
+    victim = invokers[-1]
+    pid = int((stack.cfg.paths.state / "run" / f"invoker{victim}.pid").read_text())
+    # Twelve actions, spread over the invokers by their home; each invoked once, without waiting.
+    names = [f"{unique}-{i}" for i in range(12)]
+    for name in names:
+        assert api.put(stack.url(f"/namespaces/_/actions/{name}"),
+                       json={"exec": {"kind": "python:3", "code": SLOW}}).status_code == 200
+    ids = []
+    for i, name in enumerate(names):
+        r = api.post(stack.url(f"/namespaces/_/actions/{name}"), json={"i": i, "sleep": 3})
+        assert r.status_code == 202
+        ids.append(r.json()["activationId"])
+    # And one blocking caller, whose wait outlives the failure.
+    blocking: dict = {}
+    t = threading.Thread(target=lambda: blocking.update(r=api.post(
+        stack.url(f"/namespaces/_/actions/{names[0]}?blocking=true"), json={"i": "b", "sleep": 3})))
+    t.start()
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)                                   # mid-run
+    # Sent before the controller notices: some wait in the dead invoker's queue, never started.
+    after = [api.post(stack.url(f"/namespaces/_/actions/{name}"), json={"i": "after", "sleep": 0}).json()["activationId"]
+             for name in names]
+    try:
+        later = [poll_activation(api, stack, aid, timeout=90) for aid in after]
+        assert all(r["response"]["statusCode"] == 0 for r in later), [r["response"] for r in later]
+        records = [poll_activation(api, stack, aid, timeout=90) for aid in ids]
+        t.join(120)
+        statuses = [r["response"]["statusCode"] for r in records]
+        failed = [r for r in records if r["response"]["statusCode"] == 3]
+        assert all(s in (0, 3) for s in statuses), statuses
+        assert sum(1 for s in statuses if s == 0) >= 1
+        for r in failed:                                          # started there: said so, not rerun
+            assert "invoker" in r["response"]["result"]["error"] and "failed" in r["response"]["result"]["error"]
+        response = blocking["r"]
+        assert response.status_code in (200, 202, 502), response.text   # never a 500
+    finally:
+        subprocess.run([sys.executable, "-m", "squall.stack", "up"], cwd=REPO_ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+    # Once back, the invoker is healthy again and takes work.
+    for _ in range(50):
+        if victim in healthy_invokers(api, stack):
+            break
+        time.sleep(0.2)
+    assert victim in healthy_invokers(api, stack)
