@@ -156,3 +156,29 @@ def test_cron_schedules_match_like_crontab():
     for bad in ("* * * *", "61 * * * *", "a * * * *", "*/0 * * * *"):
         with pytest.raises(BadRequest):
             Cron.parse(bad)
+
+
+def test_balancer_walks_from_home_with_a_coprime_step_and_respects_health_and_capacity():
+    from controller.balancer import Balancer, _step_sizes
+    assert _step_sizes(6) == [1, 5] and _step_sizes(5) == [1, 2, 3, 4, 5]
+    b = Balancer(4)
+    assert b.choose("ns", "a", 256) is None                     # nobody heard from yet
+    for i in range(4):
+        b.heartbeat(i, capacity_mb=512, used_mb=0, in_flight=0)
+    home = b.home("ns", "a")
+    assert b.choose("ns", "a", 256) == home
+    b.placed("x1", home, 256)
+    b.placed("x2", home, 256)                                   # home is full now
+    overflow = b.choose("ns", "a", 256)
+    assert overflow is not None and overflow != home
+    b.completed("x1", home, 0)
+    assert b.choose("ns", "a", 256) == home                     # room again at home
+    for _ in range(3):
+        b.completed(f"f{_}", home, 3)                           # whisk errors in a row: unhealthy
+    assert b.status(home) == "unhealthy" and b.choose("ns", "a", 256) != home
+    b.completed("ok", home, 0)
+    assert b.status(home) == "healthy"
+    # Every invoker full: still placed (it waits in that invoker's queue), never dropped.
+    for i in range(4):
+        b.placed(f"big{i}", i, 512)
+    assert b.choose("ns", "a", 256) in range(4)
