@@ -160,7 +160,7 @@ def test_cron_schedules_match_like_crontab():
 
 def test_balancer_walks_from_home_with_a_coprime_step_and_respects_health_and_capacity():
     from controller.balancer import Balancer, _step_sizes
-    assert _step_sizes(6) == [1, 5] and _step_sizes(5) == [1, 2, 3, 4, 5]
+    assert _step_sizes(6) == [1, 5] and _step_sizes(5) == [1, 2, 3, 4] and _step_sizes(1) == [1]
     b = Balancer(4)
     assert b.choose("ns", "a", 256) is None                     # nobody heard from yet
     for i in range(4):
