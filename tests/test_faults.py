@@ -72,3 +72,39 @@ def test_a_killed_invoker_loses_nothing_and_runs_nothing_twice(api, stack, uniqu
             break
         time.sleep(0.2)
     assert victim in healthy_invokers(api, stack)
+
+
+PROBE = """
+import os, socket
+def main(args):
+    reached = []
+    for host in args['hosts']:
+        for port in args['ports']:
+            s = socket.socket()
+            s.settimeout(1)
+            try:
+                s.connect((host, port))
+                reached.append(f'{host}:{port}')
+            except OSError:
+                pass
+            finally:
+                s.close()
+    return {'reached': reached, 'env': sorted(os.environ), 'uid': os.getuid()}
+"""
+
+
+def test_actions_cannot_reach_internal_services_nor_see_the_invokers_environment(api, stack, unique):
+    cfg = stack.cfg
+    ports = [4222, cfg.cassandra.port, 7000, cfg.controller.port, cfg.edge.port]
+    gateway = "10.88.0.1"   # the host, as seen from Podman's default bridge network
+    r = api.put(stack.url(f"/namespaces/_/actions/{unique}"),
+                json={"exec": {"kind": "python:3", "code": PROBE}, "limits": {"timeout": 30000}})
+    assert r.status_code == 200
+    r = api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true&result=true"),
+                 json={"hosts": ["127.0.0.1", gateway], "ports": ports})
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["reached"] == []                     # NATS, Cassandra, gRPC, the edge: all out of reach
+    leaked = [k for k in result["env"] if k.startswith(("SQUALL_", "NATS", "DOCKER", "CASSANDRA"))]
+    assert leaked == []                                # nothing of the invoker's environment
+    assert "__OW_ACTIVATION_ID" in result["env"]
