@@ -151,10 +151,17 @@ class Activator:
             return activation_id, None
         record = await self._waiters.wait(activation_id, waiter, wait_s)
         if record is None:
-            # A completion may have gone missing while the record was stored: look once.
-            stored = await self._store.get_activation(activation_id)
+            # A completion may have gone missing while the record was stored: look once. (If the
+            # store is down, the caller still gets the activation id: the activation is accepted.)
+            stored = await self._lookup(activation_id)
             record = _dumps(stored) if stored else None
         return activation_id, record
+
+    async def _lookup(self, activation_id: str) -> dict | None:
+        try:
+            return await self._store.get_activation(activation_id)
+        except Unavailable:
+            return None
 
     @staticmethod
     def _composite(resolved: Resolved) -> bool:
@@ -205,7 +212,7 @@ class Activator:
         wait_s = resolved.doc["limits"]["timeout"] / 1000 + self._cfg.controller.blocking_wait_s
         record = await self._waiters.wait(activation_id, waiter, wait_s)
         if record is None:
-            stored = await self._store.get_activation(activation_id)
+            stored = await self._lookup(activation_id)
             if stored is None:
                 return activation_id, {"response": response(WHISK_ERROR, {
                     "error": "The component did not complete in time."})}

@@ -19,6 +19,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, N
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from squall.config import CassandraConfig
+from squall.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,16 @@ class Store:
                 loop.call_soon_threadsafe(_settle, done, rows, None)
 
         def on_error(exc):
-            loop.call_soon_threadsafe(_settle, done, None, exc)
+            loop.call_soon_threadsafe(_settle, done, None, _unavailable(exc))
 
         future.add_callbacks(on_rows, on_error)
         return await done
 
     def _exec(self, name: str, *args: Any) -> ResponseFuture:
-        return self._session.execute_async(self._prepared[name], args)
+        try:
+            return self._session.execute_async(self._prepared[name], args)
+        except Exception as exc:   # no host up at all
+            raise _unavailable(exc) from exc
 
     async def close(self) -> None:
         await asyncio.to_thread(self._cluster.shutdown)
@@ -209,6 +213,14 @@ class Store:
         """Newest first, start within [since, upto] (0: unbounded)."""
         rows = await self._run(self._exec("activation_list", namespace, since or 0, upto or 2**62, limit))
         return [json.loads(r.doc) for r in rows]
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    """Cassandra down, restarting or timing out is a 503 for callers, not an internal error;
+    writers that must not give up (the invoker's record) retry on it."""
+    error = Unavailable()
+    error.__cause__ = exc
+    return error
 
 
 async def _connect(cluster: Cluster, timeout_s: float) -> Session:

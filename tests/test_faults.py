@@ -108,3 +108,64 @@ def test_actions_cannot_reach_internal_services_nor_see_the_invokers_environment
     leaked = [k for k in result["env"] if k.startswith(("SQUALL_", "NATS", "DOCKER", "CASSANDRA"))]
     assert leaked == []                                # nothing of the invoker's environment
     assert "__OW_ACTIVATION_ID" in result["env"]
+
+
+QUICK = "def main(args):\n    return {'i': args.get('i')}\n"
+
+
+def _kill_and_restart(stack, name: str) -> None:
+    pid = int((stack.cfg.paths.state / "run" / f"{name}.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(1.0)
+    subprocess.run([sys.executable, "-m", "squall.stack", "up"], cwd=REPO_ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_killing_each_process_kind_in_turn_loses_no_accepted_activation(api, stack, unique):
+    """Bounded load while the edge, the controller, NATS, Cassandra and an invoker are each
+    SIGKILLed and restarted in turn: accepted = recorded, and callers only ever see the
+    documented answers (202/200/502, or 503 / a refused connection while a process is down)."""
+    assert api.put(stack.url(f"/namespaces/_/actions/{unique}"),
+                   json={"exec": {"kind": "python:3", "code": QUICK}}).status_code == 200
+    accepted: list[str] = []
+    answers: dict[str, int] = {}
+    stop = threading.Event()
+
+    def load() -> None:
+        session = requests.Session()
+        session.auth = api.auth
+        i = 0
+        while not stop.is_set():
+            i += 1
+            blocking = i % 4 == 0
+            try:
+                r = session.post(stack.url(f"/namespaces/_/actions/{unique}" + ("?blocking=true" if blocking else "")),
+                                 json={"i": i}, timeout=90)
+                key = str(r.status_code)
+                if r.status_code in (200, 202, 502):
+                    accepted.append(r.json()["activationId"])
+            except requests.RequestException:
+                key = "refused"
+            answers[key] = answers.get(key, 0) + 1
+            time.sleep(0.05)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(2)
+        victims = ["edge", "controller", "nats", "cassandra"]
+        invokers = healthy_invokers(api, stack)
+        if len(invokers) >= 2:
+            victims.append(f"invoker{invokers[-1]}")
+        for victim in victims:
+            _kill_and_restart(stack, victim)
+            time.sleep(3)
+    finally:
+        stop.set()
+        worker.join(120)
+    records = {aid: poll_activation(api, stack, aid, timeout=120) for aid in accepted}
+    lost = [aid for aid, r in records.items() if r is None]
+    print(f"accepted={len(accepted)} recorded={len(records) - len(lost)} lost={len(lost)} answers={answers}")
+    assert len(accepted) > 20 and not lost
+    assert set(answers) <= {"200", "202", "502", "503", "refused"}, answers
+    assert all(r["response"]["statusCode"] in (0, 3) for r in records.values())
