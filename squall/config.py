@@ -49,10 +49,13 @@ class NatsConfig:
 
 @dataclass(frozen=True)
 class CassandraConfig:
+    # Nodes to reach the cluster through, and their CQL port.
     contact_points: tuple[str, ...] = ("127.0.0.1",)
     port: int = 9042
+    # Credentials, if the cluster requires them.
     user: str = ""
     password: str = ""
+    # Keyspace holding subjects, entities and activation records (created if missing).
     keyspace: str = "squall"
     # Replication of the keyspace: "SimpleStrategy" with replication_factor, or
     # "NetworkTopologyStrategy" with datacenters "dc1:3,dc2:3".
@@ -73,6 +76,8 @@ class CassandraConfig:
 
 @dataclass(frozen=True)
 class ControllerConfig:
+    # Where the controller serves gRPC (public API and invoker callbacks); edges and invokers
+    # reach it there.
     host: str = "127.0.0.1"
     port: int = 50051
     # The longest a blocking invoke waits for its result before answering with the
@@ -86,7 +91,7 @@ class ControllerConfig:
     unresponsive_after_s: float = 3.0
     # ... and after this long, the controller takes over what waits for it (failover).
     takeover_after_s: float = 10.0
-    # Key of the guest subject created on first start ("uuid:key"); empty: generated.
+    # Key and namespace of the guest subject created on first start ("uuid:key"; empty: generated).
     guest_auth: str = ""
     guest_namespace: str = "guest"
     # Number of invokers (ids 0..n-1) the controller balances over.
@@ -95,12 +100,14 @@ class ControllerConfig:
 
 @dataclass(frozen=True)
 class EdgeConfig:
+    # Where the REST API (OpenWhisk's APIHOST) listens.
     host: str = "127.0.0.1"
     port: int = 3233
 
 
 @dataclass(frozen=True)
 class InvokerConfig:
+    # This invoker's id, 0..n-1 (its JetStream subject and consumer, its containers' label).
     id: int = 0
     # Memory for action containers, MB: the pool never runs more than this.
     user_memory_mb: int = 2048

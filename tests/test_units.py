@@ -182,3 +182,11 @@ def test_balancer_walks_from_home_with_a_coprime_step_and_respects_health_and_ca
     for i in range(4):
         b.placed(f"big{i}", i, 512)
     assert b.choose("ns", "a", 256) in range(4)
+
+
+def test_readme_configuration_reference_is_the_generated_one():
+    from squall.config import REPO_ROOT
+    from squall.settings_doc import BEGIN, END, markdown
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert block == markdown(), "README's settings table is stale: run python -m squall.settings_doc"
