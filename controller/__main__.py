@@ -16,6 +16,7 @@ from proto import squall_pb2_grpc as pb_grpc
 from squall import bus, process
 from squall.process import GRPC_OPTIONS
 from squall.config import SquallConfig
+from squall.metrics import ControllerMetrics, serve
 from squall.store import Store
 
 log = logging.getLogger("controller")
@@ -34,15 +35,17 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     throttles = Throttles(cfg.limits)
 
     balancer = Balancer(cfg.controller.invokers, cfg.controller.unresponsive_after_s)
+    metrics = ControllerMetrics()
+    serve(metrics.registry, cfg.controller.host, cfg.controller.metrics_port)
     address = f"{cfg.controller.host}:{cfg.controller.port}"
     supervision = InvokerSupervision(cfg, nc, js, await bus.started_marks(js, cfg.nats), store, balancer,
-                                     waiters, address)
+                                     waiters, address, metrics)
     await supervision.start()
-    service = SquallService(cfg, store, js, auth, waiters, throttles, balancer)
+    service = SquallService(cfg, store, js, auth, waiters, throttles, balancer, metrics)
     await service.alarms.start(schedule=cfg.controller.alarms)
     server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_SquallServicer_to_server(service, server)
-    pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters, throttles, service.alarms, balancer), server)
+    pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters, throttles, service.alarms, balancer, metrics), server)
     server.add_insecure_port(f"{cfg.controller.host}:{cfg.controller.port}")
     await server.start()
     log.info("controller listening on %s:%s", cfg.controller.host, cfg.controller.port)

@@ -28,6 +28,7 @@ from controller.waiters import Waiters
 from proto import squall_pb2 as pb
 from squall.bus import invoker_subject
 from squall.config import SquallConfig
+from squall.metrics import ControllerMetrics
 from squall.errors import BadRequest, Forbidden, NotFound, SquallError, Unavailable
 from squall.store import Store, revision
 
@@ -71,7 +72,8 @@ class Resolved:
 
 class Activator:
     def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, waiters: Waiters,
-                 throttles: Throttles, balancer: Balancer, address: str):
+                 throttles: Throttles, balancer: Balancer, address: str, metrics: ControllerMetrics):
+        self._metrics = metrics
         self._cfg = cfg
         self._store = store
         self._js = js
@@ -189,6 +191,7 @@ class Activator:
             raise Unavailable() from None
         self._throttles.started(user_ns, activation_id)
         self._balancer.placed(activation_id, invoker, memory)
+        self._metrics.started.labels("action").inc()
         return activation_id, waiter
 
     async def _invoker_for(self, resolved: Resolved, memory: int) -> int:
@@ -224,6 +227,7 @@ class Activator:
     async def _compose(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
                        activation_id: str, cause: str) -> dict:
         start = _now_ms()
+        self._metrics.started.labels("sequence" if resolved.kind == "sequence" else "conductor").inc()
         try:
             if resolved.kind == "sequence":
                 resp, logs = await self._sequence(identity, resolved, params, user_ns, activation_id)
@@ -308,6 +312,7 @@ class Activator:
         if trigger is None:
             raise NotFound()
         self._throttles.admit_fire(namespace)
+        self._metrics.started.labels("trigger").inc()
         params = {**entities.parameters(trigger), **payload}
         activation_id, start = uuid.uuid4().hex, _now_ms()
         me = entities.path_of(namespace, name)

@@ -26,12 +26,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from controller.balancer import UNHEALTHY, Balancer
+from controller.balancer import HEALTHY, UNHEALTHY, Balancer
 from controller.waiters import Waiters
 from invoker.records import failed
 from proto import squall_pb2 as pb
 from squall.bus import invoker_consumer, invoker_durable, invoker_subject
 from squall.config import SquallConfig
+from squall.metrics import ControllerMetrics
 from squall.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def _now_ms() -> int:
 
 class InvokerSupervision:
     def __init__(self, cfg: SquallConfig, nc: NATS, js: JetStreamContext, started: KeyValue, store: Store,
-                 balancer: Balancer, waiters: Waiters, address: str):
+                 balancer: Balancer, waiters: Waiters, address: str, metrics: ControllerMetrics):
+        self._metrics = metrics
         self._cfg = cfg
         self._nc = nc
         self._js = js
@@ -86,10 +88,12 @@ class InvokerSupervision:
         return False
 
     async def _loop(self) -> None:
-        last_test = 0.0
+        last_test, ticks = 0.0, 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
             try:
+                await self._gauges(queue_depth=ticks % 5 == 0)
                 for state in self._balancer.invokers:
                     silent = self._balancer.silent_for(state.id)
                     if silent > self._cfg.controller.takeover_after_s:
@@ -99,6 +103,18 @@ class InvokerSupervision:
                         last_test = time.monotonic()
             except Exception:
                 log.exception("invoker supervision failed; retrying")
+
+    async def _gauges(self, queue_depth: bool) -> None:
+        for state in self._balancer.invokers:
+            label = str(state.id)
+            self._metrics.invoker_healthy.labels(label).set(1 if self._balancer.status(state.id) == HEALTHY else 0)
+            self._metrics.invoker_reserved.labels(label).set(state.reserved_mb)
+            if queue_depth:
+                try:
+                    info = await self._js.consumer_info(self._cfg.nats.stream, invoker_durable(state.id))
+                    self._metrics.queue_depth.labels(label).set(info.num_pending + info.num_ack_pending)
+                except Exception:   # no consumer yet (invoker never started), or NATS restarting
+                    pass
 
     # Health tests
 

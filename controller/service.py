@@ -24,7 +24,9 @@ from controller.waiters import Waiters
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
 from squall.config import SquallConfig
-from squall.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, SquallError, Unavailable, Conflict
+from squall.errors import (BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, SquallError, TooManyRequests,
+                           Unavailable)
+from squall.metrics import ControllerMetrics
 from squall.store import Store, revision
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ def _rpc(method: Handler) -> Handler:
         try:
             return await method(self, request, context)
         except SquallError as exc:
+            if isinstance(exc, TooManyRequests):
+                self._metrics.throttled.labels(method.__name__).inc()
             await context.abort(exc.code, exc.message)
         except grpc.aio.AbortError:
             raise
@@ -68,14 +72,15 @@ def _dumps(value: Any) -> bytes:
 
 class SquallService(pb_grpc.SquallServicer):
     def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, auth: Authenticator,
-                 waiters: Waiters, throttles: Throttles, balancer: Balancer):
+                 waiters: Waiters, throttles: Throttles, balancer: Balancer, metrics: ControllerMetrics):
+        self._metrics = metrics
         self._cfg = cfg
         self._store = store
         self._auth = auth
         self._throttles = throttles
         self._balancer = balancer
         self._activator = Activator(cfg, store, js, waiters, throttles, balancer,
-                                    f"{cfg.controller.host}:{cfg.controller.port}")
+                                    f"{cfg.controller.host}:{cfg.controller.port}", metrics)
         self.alarms = AlarmProvider(store, self._activator.fire)
         self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
 
@@ -352,12 +357,17 @@ class SquallService(pb_grpc.SquallServicer):
         return pb.WebReply(status=reply.status, headers_json=_dumps(reply.headers), body=reply.body)
 
 
+STATUS_NAMES = {0: "success", 1: "application_error", 2: "developer_error", 3: "whisk_error"}
+
+
 def _path(record: dict) -> str:
     return next((a["value"] for a in record.get("annotations", []) if a["key"] == "path"), "")
 
 
 class InvokersService(pb_grpc.InvokersServicer):
-    def __init__(self, waiters: Waiters, throttles: Throttles, alarms: AlarmProvider, balancer: Balancer):
+    def __init__(self, waiters: Waiters, throttles: Throttles, alarms: AlarmProvider, balancer: Balancer,
+                 metrics: ControllerMetrics):
+        self._metrics = metrics
         self._waiters = waiters
         self._throttles = throttles
         self._alarms = alarms
@@ -367,6 +377,7 @@ class InvokersService(pb_grpc.InvokersServicer):
         self._throttles.finished(request.activation_id)
         status = json.loads(request.activation_json).get("statusCode", 0)
         self._balancer.completed(request.activation_id, request.invoker, status)
+        self._metrics.completed.labels(STATUS_NAMES.get(status, "unknown")).inc()
         self._waiters.complete(request.activation_id, request.activation_json)
         if self._alarms.concerns(request.activation_json):
             await self._alarms.apply_record(request.activation_json)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Awaitable, Callable
 
 import grpc
@@ -17,6 +18,7 @@ from edge.openapi import Doc, document
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
 from squall.config import SquallConfig
+from squall.metrics import EdgeMetrics
 
 API = "/api/v1"
 JSON = "application/json"
@@ -24,6 +26,7 @@ TRUE = ("true", "True", "1", "yes")
 
 STUB = web.AppKey("stub", pb_grpc.SquallStub)
 CONFIG = web.AppKey("config", SquallConfig)
+METRICS = web.AppKey("metrics", EdgeMetrics)
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
@@ -48,6 +51,19 @@ def _int(request: web.Request, name: str) -> int:
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request count and latency by route pattern (not by path: names would explode the labels)."""
+    started = time.perf_counter()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route, request.method, str(response.status)).inc()
+    metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
 
 
 @web.middleware
@@ -233,10 +249,11 @@ async def api_docs(request: web.Request) -> web.Response:
     return web.json_response(document(routes()))
 
 
-def build_app(cfg: SquallConfig, channel: grpc.aio.Channel) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=cfg.limits.body_max_bytes)
+def build_app(cfg: SquallConfig, channel: grpc.aio.Channel, metrics: EdgeMetrics | None = None) -> web.Application:
+    app = web.Application(middlewares=[observe, errors], client_max_size=cfg.limits.body_max_bytes)
     app[STUB] = pb_grpc.SquallStub(channel)
     app[CONFIG] = cfg
+    app[METRICS] = metrics or EdgeMetrics()
     for method, path, handler, _ in routes():
         app.router.add_route(method, path, handler)
     return app

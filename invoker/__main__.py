@@ -13,6 +13,7 @@ from container_pool.proxy_client import ProxyClient
 from invoker.service import Invoker
 from squall import bus, process
 from squall.config import SquallConfig
+from squall.metrics import InvokerMetrics, serve
 from squall.store import Store
 
 log = logging.getLogger("invoker")
@@ -33,9 +34,12 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
                          cfg.pool, cfg.invoker.user_memory_mb, cfg.invoker.id)
     await pool.start()
     js = nc.jetstream()
-    heartbeat = asyncio.create_task(_heartbeat(nc, cfg, pool, stop))
+    metrics = InvokerMetrics()
+    if cfg.invoker.metrics_port:
+        serve(metrics.registry, "127.0.0.1", cfg.invoker.metrics_port + cfg.invoker.id)
+    heartbeat = asyncio.create_task(_heartbeat(nc, cfg, pool, stop, metrics))
     try:
-        await Invoker(cfg, store, js, pool, await bus.started_marks(js, cfg.nats)).serve(stop)
+        await Invoker(cfg, store, js, pool, await bus.started_marks(js, cfg.nats), metrics).serve(stop)
     finally:
         heartbeat.cancel()
         log.info("invoker stopping: removing containers")
@@ -44,9 +48,14 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
         await store.close()
 
 
-async def _heartbeat(nc, cfg: SquallConfig, pool: ContainerPool, stop: asyncio.Event) -> None:
+async def _heartbeat(nc, cfg: SquallConfig, pool: ContainerPool, stop: asyncio.Event,
+                     metrics: InvokerMetrics) -> None:
     """Every second: alive, with capacity and load, for the controllers' balancers."""
     while not stop.is_set():
+        metrics.pool_used_mb.set(pool.used_mb())
+        counts = pool.snapshot()
+        for state in ("starting", "prewarmed", "initializing", "busy", "idle", "paused", "removing"):
+            metrics.pool_containers.labels(state).set(counts.get(state, 0))
         beat = {"id": cfg.invoker.id, "capacityMB": cfg.invoker.user_memory_mb, "usedMB": pool.used_mb(),
                 "inFlight": pool.busy(), "containers": pool.snapshot()}
         try:

@@ -31,6 +31,7 @@ from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
 from squall.bus import invoker_consumer, invoker_durable, invoker_subject
 from squall.config import SquallConfig
+from squall.metrics import InvokerMetrics
 from squall.store import Store, revision
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def _now_ms() -> int:
 
 class Invoker:
     def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, pool: ContainerPool,
-                 started: KeyValue):
+                 started: KeyValue, metrics: InvokerMetrics):
+        self._metrics = metrics
         self._cfg = cfg
         self._store = store
         self._js = js
@@ -97,8 +99,10 @@ class Invoker:
                     record = records.failed(am, "The invoker running this activation failed before it "
                                                 "completed; the action may have run partly.", _now_ms())
             if record is None:
+                picked_up = time.perf_counter()
                 await self._started.put(am.activation_id, str(self._id).encode())
                 record = await self._activate(am)
+                self._observe(record, time.perf_counter() - picked_up)
                 # Stored before anyone hears of it: a caller given the result can read the record.
                 await self._store_record(record, am.activation_id)
             await msg.ack()
@@ -177,11 +181,19 @@ class Invoker:
             self._actions[key] = (revision(doc), doc)
         return doc
 
+    def _observe(self, record: dict, seconds: float) -> None:
+        self._metrics.run_seconds.observe(seconds)
+        self._metrics.activations.labels(record["response"]["status"]).inc()
+        start = next((a["value"] for a in record["annotations"] if a["key"] == "containerStart"), None)
+        if start:
+            self._metrics.container_starts.labels(start).inc()
+
     async def _store_record(self, record: dict, activation_id: str) -> None:
         delay = 0.1
         while True:
             try:
-                await self._store.put_activation(record)
+                with self._metrics.record_write.time():
+                    await self._store.put_activation(record)
                 return
             except Exception as exc:   # Cassandra down or slow: keep the message unacked and retry
                 log.warning("storing the record failed, retrying in %.1fs: %s", delay, exc,

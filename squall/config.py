@@ -96,6 +96,8 @@ class ControllerConfig:
     guest_namespace: str = "guest"
     # Number of invokers (ids 0..n-1) the controller balances over.
     invokers: int = 1
+    # Prometheus metrics port of the controller (on host; 0: none).
+    metrics_port: int = 9101
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,16 @@ class EdgeConfig:
     # Where the REST API (OpenWhisk's APIHOST) listens.
     host: str = "127.0.0.1"
     port: int = 3233
+    # Prometheus metrics port of the edge (on host; 0: none).
+    metrics_port: int = 9100
 
 
 @dataclass(frozen=True)
 class InvokerConfig:
     # This invoker's id, 0..n-1 (its JetStream subject and consumer, its containers' label).
     id: int = 0
+    # Prometheus metrics port of invoker 0; invoker n uses this plus n (0: none).
+    metrics_port: int = 9110
     # Memory for action containers, MB: the pool never runs more than this.
     user_memory_mb: int = 2048
     # Docker-compatible API; empty means DOCKER_HOST or the stack's podman socket.

@@ -294,3 +294,23 @@ def test_blocking_wait_that_runs_out_answers_the_activation_id(api, stack, uniqu
 def test_namespace_limits_are_readable(api, stack):
     limits = api.get(stack.url("/namespaces/_/limits")).json()
     assert set(limits) == {"invocationsPerMinute", "concurrentInvocations", "firesPerMinute"}
+
+
+def test_every_process_serves_prometheus_metrics(api, stack, unique):
+    create(api, stack, unique, "python:3", PY_HELLO)
+    assert api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true"), json={}).status_code == 200
+    cfg = stack.cfg
+
+    def scrape(port: int) -> str:
+        r = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert r.status_code == 200
+        return r.text
+    edge = scrape(cfg.edge.metrics_port)
+    assert 'squall_edge_requests_total{method="POST",route="/api/v1/namespaces/{ns}/actions/{name}",status="200"}' in edge
+    controller = scrape(cfg.controller.metrics_port)
+    assert 'squall_activations_completed_total{status="success"}' in controller
+    assert "squall_invoker_healthy" in controller
+    invokers = [scrape(cfg.invoker.metrics_port + i["id"]) for i in api.get(stack.url("/invokers")).json()
+                if i["status"] == "healthy"]
+    assert any("squall_container_starts_total" in text for text in invokers)
+    assert all("squall_record_write_seconds_bucket" in text and "squall_pool_used_mb" in text for text in invokers)

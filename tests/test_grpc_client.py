@@ -61,6 +61,7 @@ async def test_throttles_answer_resource_exhausted_before_queueing(stack, unique
     from squall.stack import prepare
     configured, _ = prepare()        # the stack's settings, with its generated credentials
     env = {**os.environ, **configured.env(), "SQUALL_CONTROLLER_PORT": str(port), "SQUALL_CONTROLLER_ALARMS": "false",
+           "SQUALL_CONTROLLER_METRICS_PORT": "0",
            "SQUALL_LIMITS_NAMESPACE_OVERRIDES": f"{stack.namespace}=3/100/1"}
     proc = subprocess.Popen([sys.executable, "-m", "controller"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
