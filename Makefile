@@ -9,7 +9,7 @@ export SQUALL_INVOKER_USER_MEMORY_MB := $(INVOKER_MEMORY)
 endif
 PROTO_OUT := proto/squall_pb2.py proto/squall_pb2_grpc.py proto/squall_pb2.pyi
 
-.PHONY: setup proto up down status logs test bench clean
+.PHONY: setup proto up down status logs test bench load clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -42,6 +42,17 @@ test: setup
 bench: setup
 	@$(PY) -m squall.stack up
 	@$(PY) -m loadtest.bench
+
+# Locust, headless, against the running stack: USERS users for DURATION; CSV and a PNG under .squall/load/.
+USERS ?= 20
+DURATION ?= 60s
+load: setup
+	@$(PY) -m squall.stack up
+	@mkdir -p .squall/load
+	@$(PY) -m locust -f loadtest/locustfile.py --headless -u $(USERS) -r 2 -t $(DURATION) \
+		--host "$$(grep APIHOST .squall/wskprops | cut -d= -f2)" --csv .squall/load/run --csv-full-history \
+		--only-summary || true
+	@$(PY) -m loadtest.plot .squall/load/run
 
 clean: down
 	rm -rf .squall
