@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from controller import entities
 from controller.auth import Identity
 from controller.balancer import Balancer
+from controller.cache import EntityCache
 from controller.throttles import Throttles
 from controller.waiters import Waiters
 from proto import squall_pb2 as pb
@@ -76,6 +77,7 @@ class Activator:
         self._metrics = metrics
         self._cfg = cfg
         self._store = store
+        self.cache = EntityCache(store, cfg.controller.entity_cache_s)
         self._js = js
         self._waiters = waiters
         self._throttles = throttles
@@ -88,7 +90,7 @@ class Activator:
     async def package(self, identity: Identity, namespace: str, name: str) -> tuple[dict, dict]:
         """A package the caller may use, and the parameters it brings: (package, defaults).
         A binding resolves to the package it binds, its own parameters over the bound one's."""
-        doc = await self._store.get_entity(namespace, "packages", name)
+        doc = await self.cache.get(namespace, "packages", name)
         if doc is None:
             raise NotFound()
         if namespace not in identity.namespaces and not doc.get("publish"):
@@ -96,7 +98,7 @@ class Activator:
         binding = doc.get("binding") or {}
         if not binding:
             return doc, entities.parameters(doc)
-        target = await self._store.get_entity(binding["namespace"], "packages", binding["name"])
+        target = await self.cache.get(binding["namespace"], "packages", binding["name"])
         if target is None or target.get("binding"):
             raise NotFound("The package binding refers to a package that does not exist.")
         if binding["namespace"] not in identity.namespaces and not target.get("publish"):
@@ -108,13 +110,13 @@ class Activator:
         if not package:
             if namespace not in identity.namespaces:
                 raise Forbidden()
-            doc = await self._store.get_entity(namespace, "actions", name)
+            doc = await self.cache.get(namespace, "actions", name)
             if doc is None:
                 raise NotFound()
             return Resolved(namespace, name, doc, entities.parameters(doc), f"{namespace}/{name}")
         pkg, defaults = await self.package(identity, namespace, package)
         doc_ns, doc_name = pkg["namespace"], f"{pkg['name']}/{short}"
-        doc = await self._store.get_entity(doc_ns, "actions", doc_name)
+        doc = await self.cache.get(doc_ns, "actions", doc_name)
         if doc is None:
             raise NotFound()
         return Resolved(doc_ns, doc_name, doc, {**defaults, **entities.parameters(doc)},
@@ -308,7 +310,7 @@ class Activator:
     # Triggers
 
     async def fire(self, identity: Identity, namespace: str, name: str, payload: dict) -> str:
-        trigger = await self._store.get_entity(namespace, "triggers", name)
+        trigger = await self.cache.get(namespace, "triggers", name)
         if trigger is None:
             raise NotFound()
         self._throttles.admit_fire(namespace)

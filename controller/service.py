@@ -126,6 +126,7 @@ class SquallService(pb_grpc.SquallServicer):
         if feed:
             doc["parameters"] = []   # they are the feed's, not the trigger's
         stored = await self._store.put_entity(ns, collection, name, doc, create_only=previous is None)
+        self._activator.cache.invalidate(ns, collection, name)
         if not stored:
             raise Conflict()
         if feed and feed_params:
@@ -134,6 +135,7 @@ class SquallService(pb_grpc.SquallServicer):
             error = await self._feed(identity, feed, "CREATE", ns, name, feed_params)
             if error is not None:
                 await self._store.delete_entity(ns, collection, name)
+                self._activator.cache.invalidate(ns, collection, name)
                 raise BadRequest(f"The feed refused the trigger: {error}")
         return pb.EntityReply(doc_json=_dumps(await self._view(identity, ns, collection, doc, code=True)))
 
@@ -240,7 +242,9 @@ class SquallService(pb_grpc.SquallServicer):
         feed = entities.annotation(doc, "feed") if collection == "triggers" else None
         if feed:
             await self._feed(identity, feed, "DELETE", ns, request.name, {})   # best effort, as wsk does
-        if not await self._store.delete_entity(ns, collection, request.name):
+        deleted = await self._store.delete_entity(ns, collection, request.name)
+        self._activator.cache.invalidate(ns, collection, request.name)
+        if not deleted:
             raise NotFound()
         return pb.EntityReply(doc_json=_dumps(await self._view(identity, ns, collection, doc, code=False)))
 
@@ -268,6 +272,7 @@ class SquallService(pb_grpc.SquallServicer):
             raise NotFound()
         rule = {**rule, "status": request.status, "updated": rule.get("updated", 0) + 1}
         await self._store.put_entity(ns, "rules", request.name, rule, create_only=False)
+        self._activator.cache.invalidate(ns, "rules", request.name)
         return pb.EntityReply(doc_json=_dumps(rule))
 
     # Activations

@@ -85,6 +85,9 @@ class ControllerConfig:
     blocking_wait_s: float = 60.0
     # Seconds an authenticated key stays cached before the store is asked again.
     auth_cache_s: float = 10.0
+    # Seconds an action, package or trigger read for an invocation stays cached (this
+    # controller's own writes invalidate at once; another controller's are seen after this).
+    entity_cache_s: float = 2.0
     # Run the alarm feed's scheduler (/whisk.system/alarms) in this controller.
     alarms: bool = True
     # An invoker not heard from this long gets no new work ...
