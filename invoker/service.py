@@ -93,14 +93,14 @@ class Invoker:
         try:
             record = None
             if msg.metadata.num_delivered > 1:
-                record = await self._store.get_activation(am.activation_id)
+                record = await self._until_stored(lambda: self._store.get_activation(am.activation_id),
+                                                  am.activation_id, "looking for the record")
                 if record is None and await _marked(self._started, am.activation_id):
                     # Begun before, by this invoker or one that died: at most once, so not again.
                     record = records.failed(am, "The invoker running this activation failed before it "
                                                 "completed; the action may have run partly.", _now_ms())
             if record is None:
                 picked_up = time.perf_counter()
-                await self._started.put(am.activation_id, str(self._id).encode())
                 record = await self._activate(am)
                 self._observe(record, time.perf_counter() - picked_up)
                 # Stored before anyone hears of it: a caller given the result can read the record.
@@ -115,7 +115,7 @@ class Invoker:
 
     async def _activate(self, am: pb.ActivationMessage) -> dict:
         started = _now_ms()
-        action = await self._action(am)
+        action = await self._until_stored(lambda: self._action(am), am.activation_id, "reading the action")
         if action is None:
             info = ActionInfo(am.namespace, am.name, "0.0.1", "unknown", {})
             resp = records.response(records.APPLICATION_ERROR, {"error": "The requested resource does not exist."})
@@ -129,6 +129,8 @@ class Invoker:
         if job is None:
             resp = records.response(records.DEVELOPER_ERROR, {"error": f"Unsupported kind '{exec_['kind']}'."})
             return records.record(am, info, resp, None, started, _now_ms())
+        # Marked just before it can start to run: a redelivery finding the mark will not run it again.
+        await self._started.put(am.activation_id, str(self._id).encode())
         try:
             outcome = await self._pool.run(job)
         except ImageUnavailable as exc:
@@ -189,15 +191,20 @@ class Invoker:
             self._metrics.container_starts.labels(start).inc()
 
     async def _store_record(self, record: dict, activation_id: str) -> None:
+        async def put() -> None:
+            with self._metrics.record_write.time():
+                await self._store.put_activation(record)
+        await self._until_stored(put, activation_id, "storing the record")
+
+    async def _until_stored(self, operation, activation_id: str, what: str):
+        """Retry a Cassandra operation while Cassandra is down or slow, with backoff: the message
+        stays unacknowledged (and kept alive) meanwhile, so nothing is lost or run twice."""
         delay = 0.1
         while True:
             try:
-                with self._metrics.record_write.time():
-                    await self._store.put_activation(record)
-                return
-            except Exception as exc:   # Cassandra down or slow: keep the message unacked and retry
-                log.warning("storing the record failed, retrying in %.1fs: %s", delay, exc,
-                            extra={"activation_id": activation_id})
+                return await operation()
+            except Exception as exc:
+                log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc, extra={"activation_id": activation_id})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
