@@ -95,10 +95,15 @@ class Invoker:
             if msg.metadata.num_delivered > 1:
                 record = await self._until_stored(lambda: self._store.get_activation(am.activation_id),
                                                   am.activation_id, "looking for the record")
-                if record is None and await _marked(self._started, am.activation_id):
+                if record is not None:
+                    log.info("redelivered activation was already recorded", extra={"activation_id": am.activation_id})
+                elif await _marked(self._started, am.activation_id):
                     # Begun before, by this invoker or one that died: at most once, so not again.
                     record = records.failed(am, "The invoker running this activation failed before it "
                                                 "completed; the action may have run partly.", _now_ms())
+                    await self._store_record(record, am.activation_id)
+                    log.warning("redelivered activation had started: recorded as failed",
+                                extra={"activation_id": am.activation_id})
             if record is None:
                 picked_up = time.perf_counter()
                 record = await self._activate(am)
