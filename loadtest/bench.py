@@ -177,11 +177,45 @@ class Bench:
         return fig
 
 
+def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
+    """gRPC warm invokes, JetStream's publish rate, throughput with one and with all invokers, and
+    the Cassandra record writes those runs caused."""
+    import asyncio
+    from loadtest import hotpath
+    props = read_wskprops(cfg.paths.state / "wskprops")
+    invokers = [i["id"] for i in bench.edge.get(props["APIHOST"] + "/api/v1/invokers").json() if i["status"] == "healthy"]
+    namespace = bench.edge.get(props["APIHOST"] + "/api/v1/namespaces").json()[0]
+    grpc = Figure("warm invocation through gRPC")
+    name = bench.create(memory=256)
+    for ms in asyncio.run(hotpath.grpc_warm(props["GRPCHOST"], props["AUTH"], name, args.samples)):
+        grpc.add(ms)
+    rates: dict[str, float | None] = {}
+    from squall.stack import prepare
+    configured, _ = prepare()   # with the stack's generated NATS credentials
+    rates["jetstream publish-with-ack per s"] = asyncio.run(hotpath.jetstream_publish_rate(configured))
+    ports = [cfg.invoker.metrics_port + i for i in invokers]
+    before = hotpath.record_write_histogram(ports)
+    home = hotpath.home_of(len(bench.edge.get(props["APIHOST"] + "/api/v1/invokers").json()))
+    per_invoker = 4   # callers (and warm containers) per invoker: well within its memory, no overflow
+    for label, chosen in (("1 invoker", invokers[:1]), ("all invokers", invokers)):
+        names = hotpath.actions_homed(namespace, chosen, per_invoker * len(chosen), home)
+        for n in names:
+            bench.edge.put(bench.api + n, json={"exec": {"kind": "python:3", "code": hotpath.NOOP}}).raise_for_status()
+            bench.created.append(n)
+        rates[f"warm invocations per s, {label}"] = asyncio.run(hotpath.throughput(
+            props["APIHOST"], props["AUTH"], names, args.seconds, len(names)))
+    after = hotpath.record_write_histogram(ports)
+    rates["Cassandra record write p50 ms"] = hotpath.quantile(before, after, 0.5)
+    rates["Cassandra record write p99 ms"] = hotpath.quantile(before, after, 0.99)
+    return grpc, rates
+
+
 TARGETS = (  # (ratio name, numerator, denominator, target, "max" or "report")
     ("cold / raw engine start", "cold", "raw", 1.2),
     ("prewarmed / raw engine start", "prewarmed", "raw", 0.25),
     ("warm end to end / direct /run", "warm", "direct", None),
     ("unpaused / warm", "unpaused", "warm", 1.5),
+    ("warm through gRPC / direct /run", "grpc", "direct", None),
 )
 
 EXPECTED_START = {"cold": "cold", "prewarmed": "prewarmed", "warm": "warm", "unpaused": "unpaused"}
@@ -191,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=40, help="samples of the warm figures")
     parser.add_argument("--start-samples", type=int, default=10, help="samples of the start figures")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each throughput run")
     args = parser.parse_args(argv)
     cfg = SquallConfig.from_env()
     bench = Bench(cfg)
+    hot: dict[str, float | None] = {}
     try:
         figures: dict[str, Figure] = {}
         figures["raw"] = bench.raw_engine_start(args.start_samples)
@@ -201,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["prewarmed"] = bench.prewarmed(args.start_samples)
         figures["warm"], figures["direct"] = bench.warm_and_direct(args.samples)
         figures["unpaused"] = bench.unpaused(args.samples)
+        figures["grpc"], hot = hot_path(bench, cfg, args)
     finally:
         bench.cleanup()
 
@@ -212,7 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         if expected and set(fig.starts) - {expected}:
             print(f"  warning: expected only '{expected}' starts for this figure")
     ratios = []
+    print(f"\n{'rate or latency':<46} {'value':>9}")
+    for name, value in hot.items():
+        print(f"{name:<46} {value if value is None else round(value, 1):>9}")
+    jetstream = hot.get("jetstream publish-with-ack per s")
+    for n in ("1 invoker", "all invokers"):
+        rate = hot.get(f"warm invocations per s, {n}")
+        if rate and jetstream:
+            value = rate / jetstream
+            ratios.append({"name": f"throughput, {n} / JetStream publish rate", "value": round(value, 3),
+                           "target_min": 0.5, "met": value >= 0.5})
     print(f"\n{'ratio (of medians)':<46} {'value':>9} {'target':>9}")
+    for r in ratios:
+        print(f"{r['name']:<46} {r['value']:>9.2f} {'>= 0.50':>9}  {'met' if r['met'] else 'MISSED'}")
     for name, num, den, target in TARGETS:
         value = figures[num].p50 / figures[den].p50
         met = None if target is None else value <= target
@@ -227,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cpus": os.cpu_count(), "python": platform.python_version()},
         "figures": [fig.summary() for fig in figures.values()],
         "ratios": ratios,
+        "rates": hot,
     }
     out = cfg.paths.state / "bench"
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,134 @@
+"""The hot path's figures for `make bench`, measured in the same run as the pool's:
+
+  grpc warm          a warm blocking invoke through the controller's gRPC API (squall.client)
+  jetstream publish  publish-with-ack per second from one nats-py client (the bus's own ceiling)
+  throughput         sustained warm blocking invocations per second through the whole stack,
+                     with every action homed on one invoker, then spread over all of them
+  record write       Cassandra activation record writes (p50, p99), from the invokers' own
+                     timing (their squall_record_write_seconds histogram, over this run)
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import zlib
+
+import aiohttp
+import requests
+
+from squall import bus
+from squall.client import SquallClient
+from squall.config import SquallConfig
+
+NOOP = "def main(args):\n    return {}\n"
+
+
+async def grpc_warm(grpc_host: str, auth: str, action: str, n: int) -> list[float]:
+    async with SquallClient(grpc_host, auth) as client:
+        for _ in range(10):
+            await client.invoke(action)
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            await client.invoke(action)
+            samples.append((time.perf_counter() - started) * 1000)
+        return samples
+
+
+async def jetstream_publish_rate(cfg: SquallConfig, n: int = 2000) -> float:
+    nc = await bus.connect(cfg.nats, "bench")
+    js = nc.jetstream()
+    stream = f"BENCH_{uuid.uuid4().hex[:6]}"
+    from nats.js.api import StorageType, StreamConfig
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"bench.{stream}"], storage=StorageType.FILE))
+    try:
+        payload = b"x" * 300   # about an activation message's size
+        for _ in range(50):
+            await js.publish(f"bench.{stream}", payload)
+        started = time.perf_counter()
+        for _ in range(n):
+            await js.publish(f"bench.{stream}", payload)
+        return n / (time.perf_counter() - started)
+    finally:
+        await js.delete_stream(stream)
+        await nc.close()
+
+
+async def throughput(apihost: str, auth: str, actions: list[str], seconds: float, concurrency: int) -> float:
+    """Completed warm blocking invocations per second: one caller per action (so each has its warm
+    container and none waits for a cold start), `concurrency` callers in all."""
+    user, key = auth.split(":", 1)
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def caller(session: aiohttp.ClientSession, i: int) -> None:
+        nonlocal done
+        action = actions[i % len(actions)]
+        while time.perf_counter() < stop:
+            async with session.post(f"{apihost}/api/v1/namespaces/_/actions/{action}?blocking=true", json={}) as r:
+                await r.read()
+                if r.status == 200:
+                    done += 1
+
+    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(user, key),
+                                     connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        # Warm every action's container first.
+        for action in actions:
+            async with session.post(f"{apihost}/api/v1/namespaces/_/actions/{action}?blocking=true", json={}) as r:
+                await r.read()
+        started = time.perf_counter()
+        stop = started + seconds
+        await asyncio.gather(*(caller(session, i) for i in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+def actions_homed(namespace: str, invokers: list[int], count: int, home_of) -> list[str]:
+    """`count` fresh action names whose home invoker is among `invokers`, spread evenly."""
+    names: list[str] = []
+    per = {i: 0 for i in invokers}
+    while len(names) < count:
+        name = f"bench-hot-{uuid.uuid4().hex[:8]}"
+        home = home_of(namespace, name)
+        if home in per and per[home] < -(-count // len(invokers)):
+            per[home] += 1
+            names.append(name)
+    return names
+
+
+def home_of(n: int):
+    return lambda namespace, name: zlib.crc32(f"{namespace}/{name}".encode()) % n   # as controller/balancer.py
+
+
+def record_write_histogram(ports: list[int]) -> dict[float, float]:
+    """Cumulative bucket counts of squall_record_write_seconds over the given invokers."""
+    buckets: dict[float, float] = {}
+    for port in ports:
+        try:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
+        except requests.RequestException:
+            continue
+        for line in text.splitlines():
+            if line.startswith("squall_record_write_seconds_bucket"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The q-quantile (ms) of what was observed between two scrapes, by linear interpolation."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0
+    if total <= 0:
+        return None
+    target, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts):
+        if cumulative >= target:
+            if bound == float("inf"):
+                return lower * 1000
+            share = (target - below) / max(cumulative - below, 1e-9)
+            return (lower + (bound - lower) * share) * 1000
+        lower, below = bound, cumulative
+    return None
