@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from controller.auth import Identity
+from controller.entities import build_package, system_action
 from squall.errors import BadRequest, SquallError
 from squall.store import Store
 
@@ -248,21 +249,10 @@ class AlarmProvider:
 
 async def ensure_package(store: Store) -> None:
     """The shared package /whisk.system/alarms with its feed actions (created or updated)."""
-    now = int(time.time() * 1000)
-    package = {"namespace": SYSTEM_NAMESPACE, "name": PACKAGE, "version": "0.0.1", "publish": True,
-               "binding": {}, "parameters": [], "updated": now,
-               "annotations": [{"key": "description", "value": "Alarms: fire triggers on a schedule"}]}
+    package = build_package(SYSTEM_NAMESPACE, PACKAGE, {"publish": True, "annotations": [
+        {"key": "description", "value": "Alarms: fire triggers on a schedule"}]}, None)
     if await store.get_entity(SYSTEM_NAMESPACE, "packages", PACKAGE) is None:
         await store.put_entity(SYSTEM_NAMESPACE, "packages", PACKAGE, package, create_only=False)
     for feed in ("alarm", "interval"):
-        name = f"{PACKAGE}/{feed}"
-        code = FEED_CODE % {"feed": feed}
-        current = await store.get_entity(SYSTEM_NAMESPACE, "actions", name)
-        if current is not None and current["exec"].get("code") == code:
-            continue
-        await store.put_entity(SYSTEM_NAMESPACE, "actions", name, {
-            "namespace": SYSTEM_NAMESPACE, "name": name, "version": "0.0.1", "publish": True,
-            "exec": {"kind": "python:3.11", "code": code, "binary": False},
-            "parameters": [], "annotations": [{"key": "feed", "value": True}, {"key": "exec", "value": "python:3.11"}],
-            "limits": {"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1}, "updated": now,
-        }, create_only=False)
+        await store.ensure_action(system_action(
+            SYSTEM_NAMESPACE, f"{PACKAGE}/{feed}", FEED_CODE % {"feed": feed}, annotations=(("feed", True),)))

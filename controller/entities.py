@@ -250,3 +250,14 @@ def annotation(doc: dict, key: str, default: Any = None) -> Any:
 
 def parameters(doc: dict) -> dict:
     return {p["key"]: p["value"] for p in doc.get("parameters", [])}
+
+
+def system_action(namespace: str, name: str, code: str, memory_mb: int = 256,
+                  annotations: tuple[tuple[str, Any], ...] = ()) -> dict:
+    """An action the platform itself installs (feeds, health tests): a Python action document."""
+    return build_action(namespace, name, {
+        "exec": {"kind": "python:3", "code": code},
+        "annotations": [{"key": k, "value": v} for k, v in annotations],
+        "limits": {"memory": memory_mb},
+    }, None, LimitsConfig())
+

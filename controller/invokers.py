@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from controller.entities import system_action
 from controller.balancer import HEALTHY, UNHEALTHY, Balancer
 from controller.waiters import Waiters
 from invoker.records import failed
@@ -33,7 +34,7 @@ from proto import squall_pb2 as pb
 from squall.bus import invoker_consumer, invoker_durable, invoker_subject
 from squall.config import SquallConfig
 from squall.metrics import ControllerMetrics
-from squall.store import Store
+from squall.store import Store, revision
 
 log = logging.getLogger(__name__)
 
@@ -119,20 +120,14 @@ class InvokerSupervision:
     # Health tests
 
     async def _ensure_health_action(self) -> None:
-        if await self._store.get_entity(SYSTEM_NAMESPACE, "actions", HEALTH_ACTION) is not None:
-            return
-        await self._store.put_entity(SYSTEM_NAMESPACE, "actions", HEALTH_ACTION, {
-            "namespace": SYSTEM_NAMESPACE, "name": HEALTH_ACTION, "version": "0.0.1", "publish": False,
-            "exec": {"kind": "python:3.11", "code": HEALTH_CODE, "binary": False}, "parameters": [],
-            "annotations": [], "limits": {"timeout": 60000, "memory": 128, "logs": 10, "concurrency": 1},
-            "updated": _now_ms()}, create_only=False)
+        await self._store.ensure_action(system_action(SYSTEM_NAMESPACE, HEALTH_ACTION, HEALTH_CODE, 128))
 
     async def _health_test(self, invoker: int) -> None:
         doc = await self._store.get_entity(SYSTEM_NAMESPACE, "actions", HEALTH_ACTION)
         activation_id = uuid.uuid4().hex
         message = pb.ActivationMessage(
             activation_id=activation_id, transaction_id=activation_id, namespace=SYSTEM_NAMESPACE,
-            name=HEALTH_ACTION, revision=f"{doc['version']}@{doc['updated']}", subject=SYSTEM_NAMESPACE,
+            name=HEALTH_ACTION, revision=revision(doc), subject=SYSTEM_NAMESPACE,
             user_namespace=SYSTEM_NAMESPACE, params_json=b"{}", controller=self._address,
             submitted_ms=_now_ms(), path=f"{SYSTEM_NAMESPACE}/{HEALTH_ACTION}")
         log.info("sending a health test to unhealthy invoker %d", invoker)

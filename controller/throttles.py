@@ -59,23 +59,25 @@ class Throttles:
         self._limits[namespace] = limits
 
     def admit_invoke(self, namespace: str) -> None:
-        limits, now = self.limits(namespace), int(time.monotonic())
-        count = self._invokes[namespace].count(now)
-        if count >= limits.invocations_per_minute:
-            raise TooManyRequests(f"Too many requests in the last minute (count: {count + 1}, "
-                                  f"allowed: {limits.invocations_per_minute}).")
+        limits = self.limits(namespace)
+        now = self._check_minute(self._invokes[namespace], limits.invocations_per_minute)
         if self._concurrent[namespace] >= limits.concurrent:
             raise TooManyRequests(f"Too many concurrent requests in flight (count: {self._concurrent[namespace] + 1}, "
                                   f"allowed: {limits.concurrent}).")
         self._invokes[namespace].add(now)
 
     def admit_fire(self, namespace: str) -> None:
-        limits, now = self.limits(namespace), int(time.monotonic())
-        count = self._fires[namespace].count(now)
-        if count >= limits.fires_per_minute:
-            raise TooManyRequests(f"Too many requests in the last minute (count: {count + 1}, "
-                                  f"allowed: {limits.fires_per_minute}).")
-        self._fires[namespace].add(now)
+        minute = self._fires[namespace]
+        minute.add(self._check_minute(minute, self.limits(namespace).fires_per_minute))
+
+    @staticmethod
+    def _check_minute(minute: _Minute, allowed: int) -> int:
+        """Refuse if the last minute already holds `allowed` events; returns the current second."""
+        now = int(time.monotonic())
+        count = minute.count(now)
+        if count >= allowed:
+            raise TooManyRequests(f"Too many requests in the last minute (count: {count + 1}, allowed: {allowed}).")
+        return now
 
     def started(self, namespace: str, activation_id: str) -> None:
         now = time.monotonic()

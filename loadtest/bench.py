@@ -32,7 +32,7 @@ import requests
 from container_pool.docker_backend import default_network
 from container_pool.runtimes import PROXY_PORT, resolve
 from squall.config import SquallConfig
-from squall.demo import read_wskprops
+from squall import wskprops
 
 ACTION = "import socket\ndef main(args):\n    return {'host': socket.gethostname()}\n"
 
@@ -66,7 +66,7 @@ class Figure:
 
 class Bench:
     def __init__(self, cfg: SquallConfig):
-        props = read_wskprops(cfg.paths.state / "wskprops")
+        props = wskprops.read(cfg.paths.state / "wskprops")
         self.api = props["APIHOST"] + "/api/v1/namespaces/_/actions/"
         self.edge = requests.Session()
         self.edge.auth = tuple(props["AUTH"].split(":", 1))
@@ -182,7 +182,7 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
     the Cassandra record writes those runs caused."""
     import asyncio
     from loadtest import hotpath
-    props = read_wskprops(cfg.paths.state / "wskprops")
+    props = wskprops.read(cfg.paths.state / "wskprops")
     invokers = [i["id"] for i in bench.edge.get(props["APIHOST"] + "/api/v1/invokers").json() if i["status"] == "healthy"]
     namespace = bench.edge.get(props["APIHOST"] + "/api/v1/namespaces").json()[0]
     grpc = Figure("warm invocation through gRPC")

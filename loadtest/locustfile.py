@@ -13,14 +13,13 @@ The actions, trigger and rules are created once at the start (and left for the n
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import uuid
-from pathlib import Path
 
 from locust import HttpUser, between, events, task
 
-ROOT = Path(__file__).resolve().parent.parent
+from squall import wskprops
+
 NOOP = "def main(args):\n    return {}\n"
 ECHO_SIZE = "def main(args):\n    return {'size': len(args.get('blob', ''))}\n"
 PREFIX = "load"
@@ -29,8 +28,7 @@ _run = uuid.uuid4().hex[:6]
 
 
 def _props() -> dict:
-    path = Path(os.environ.get("WSK_CONFIG_FILE") or ROOT / ".squall" / "wskprops")
-    return dict(line.strip().split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return wskprops.read()
 
 
 @events.test_start.add_listener

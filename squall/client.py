@@ -21,6 +21,7 @@ import grpc
 
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
+from squall import wskprops
 from squall.process import GRPC_OPTIONS
 
 
@@ -50,8 +51,9 @@ class SquallClient:
         self.namespace = namespace
 
     @classmethod
-    def from_wskprops(cls, path: str | Path = ".squall/wskprops") -> "SquallClient":
-        props = dict(line.strip().split("=", 1) for line in Path(path).read_text().splitlines() if "=" in line)
+    def from_wskprops(cls, path: str | Path | None = None) -> "SquallClient":
+        """From a wskprops file (default: WSK_CONFIG_FILE, else .squall/wskprops)."""
+        props = wskprops.read(path)
         return cls(props["GRPCHOST"], props["AUTH"])
 
     async def __aenter__(self) -> "SquallClient":

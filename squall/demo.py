@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from squall import wskprops
 from squall.config import SquallConfig
 
 HELLO = '''def main(args):
@@ -15,15 +16,6 @@ HELLO = '''def main(args):
     print(f"greeting {name}")
     return {"greeting": f"Hello, {name}!"}
 '''
-
-
-def read_wskprops(path: Path) -> dict[str, str]:
-    props = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            props[key.strip()] = value.strip()
-    return props
 
 
 def call(method: str, url: str, auth: str, body: dict | None = None) -> tuple[int, dict]:
@@ -39,7 +31,7 @@ def call(method: str, url: str, auth: str, body: dict | None = None) -> tuple[in
 
 
 def main() -> int:
-    props = read_wskprops(SquallConfig.from_env().paths.state / "wskprops")
+    props = wskprops.read(SquallConfig.from_env().paths.state / "wskprops")
     host, auth = props["APIHOST"], props["AUTH"]
     base = f"{host}/api/v1/namespaces/_/actions/hello"
     status, body = call("PUT", base + "?overwrite=true", auth,

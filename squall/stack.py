@@ -383,9 +383,10 @@ def status() -> int:
 def _print_invokers(cfg: SquallConfig) -> None:
     """The controller's view of the invokers (health, capacity, load), if it answers."""
     import asyncio
+    from squall import wskprops
     from squall.client import SquallClient, SquallClientError
     try:
-        props = dict(l.split("=", 1) for l in (cfg.paths.state / "wskprops").read_text().splitlines() if "=" in l)
+        props = wskprops.read(cfg.paths.state / "wskprops")
     except OSError:
         return
 

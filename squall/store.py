@@ -191,6 +191,12 @@ class Store:
         rows = await self._run(self._exec("entity_delete", namespace, collection, name))
         return bool(rows[0].applied)
 
+    async def ensure_action(self, doc: dict) -> None:
+        """Store an action the platform installs, unless the same code is there (run at every start)."""
+        current = await self.get_entity(doc["namespace"], "actions", doc["name"])
+        if current is None or current["exec"].get("code") != doc["exec"]["code"]:
+            await self.put_entity(doc["namespace"], "actions", doc["name"], doc, create_only=False)
+
     async def list_entities(self, namespace: str, collection: str) -> list[dict]:
         rows = await self._run(self._exec("entity_list", namespace, collection))
         return [json.loads(r.doc) for r in rows]

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import requests
 
-from squall.config import REPO_ROOT
+from squall import wskprops
 
 
 class CliError(Exception):
@@ -44,7 +43,7 @@ class CliError(Exception):
 class Api:
     def __init__(self, props_path: Path):
         try:
-            props = dict(l.strip().split("=", 1) for l in props_path.read_text().splitlines() if "=" in l)
+            props = wskprops.read(props_path)
         except OSError:
             raise CliError(f"no wskprops at {props_path}: run `make up` first (or set WSK_CONFIG_FILE)") from None
         self.base = props["APIHOST"].rstrip("/") + "/api/v1/namespaces/_"
@@ -229,9 +228,8 @@ COMMANDS = ("invoke", "activation", "deploy")
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    props = Path(os.environ.get("WSK_CONFIG_FILE") or REPO_ROOT / ".squall" / "wskprops")
     try:
-        api = Api(props)
+        api = Api(wskprops.default_path())
         return {"invoke": invoke, "activation": activation, "deploy": deploy}[args.command](api, args)
     except CliError as exc:
         print(f"squall: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from squall.config import REPO_ROOT, SquallConfig
-from squall.demo import read_wskprops
+from squall import wskprops as wskprops_file
 
 
 @dataclass
@@ -51,7 +51,7 @@ def stack() -> Stack:
     api = f"http://{cfg.edge.host}:{cfg.edge.port}/api/v1"
     if not (wskprops.exists() and _answering(api)):
         subprocess.run([sys.executable, "-m", "squall.stack", "up"], cwd=REPO_ROOT, check=True)
-    props = read_wskprops(wskprops)
+    props = wskprops_file.read(wskprops)
     return Stack(props["APIHOST"], props["AUTH"], props.get("NAMESPACE", "guest"), cfg)
 
 
