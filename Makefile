@@ -41,7 +41,7 @@ test: setup
 
 bench: setup
 	@$(PY) -m squall.stack up
-	@$(PY) -m loadtest.bench
+	@$(PY) -m loadtest.bench $(ARGS)
 
 # Locust, headless, against the running stack: USERS users for DURATION; CSV and a PNG under .squall/load/.
 USERS ?= 20
