@@ -7,6 +7,10 @@ endif
 ifdef INVOKER_MEMORY
 export SQUALL_INVOKER_USER_MEMORY_MB := $(INVOKER_MEMORY)
 endif
+# make up NETNS=10.231.0.0/24: each invoker in a network namespace of its own on that /24.
+ifdef NETNS
+export SQUALL_INVOKER_NETNS_SUBNET := $(NETNS)
+endif
 PROTO_OUT := proto/squall_pb2.py proto/squall_pb2_grpc.py proto/squall_pb2.pyi
 
 .PHONY: setup proto up down status logs test bench load clean
@@ -34,9 +38,11 @@ status:
 logs:
 	@$(PY) -m squall.stack logs $(C)
 
-# Set up, start the stack (if it is not running) and run every test against it.
+# Set up, start the stack (if it is not running: two invokers, each in a network namespace of its
+# own) and run every test against it.
 test: setup
-	@SQUALL_CONTROLLER_INVOKERS=$${SQUALL_CONTROLLER_INVOKERS:-2} $(PY) -m squall.stack up
+	@SQUALL_CONTROLLER_INVOKERS=$${SQUALL_CONTROLLER_INVOKERS:-2} \
+	 SQUALL_INVOKER_NETNS_SUBNET=$${SQUALL_INVOKER_NETNS_SUBNET-10.231.0.0/24} $(PY) -m squall.stack up
 	@scripts/run-tests.sh
 
 bench: setup

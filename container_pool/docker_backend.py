@@ -133,7 +133,8 @@ class DockerBackend:
     async def remove(self, handle: ContainerHandle) -> None:
         self._pids.pop(handle.id, None)
         self._thaw(handle)
-        if handle.id in self._killed:
+        killed_here = handle.id in self._killed
+        if killed_here:
             # Already dead and its memory free: the engine's removal competes with container
             # starts for the engine's locks and the CPU, and a start is on someone's critical
             # path, so let starts under way finish first (for at most 2 s).
@@ -142,6 +143,16 @@ class DockerBackend:
                 await asyncio.wait_for(self._no_creates.wait(), 2.0)
 
         def remove() -> None:
+            if not killed_here:
+                # Podman's forced removal first asks the container to stop and waits its stop
+                # timeout (10 s), and a container frozen behind the engine's back (an orphan of
+                # a crashed invoker, say) cannot stop at all: thaw it, then SIGKILL it.
+                with contextlib.suppress(APIError, OSError, KeyError):
+                    pid = self._client.api.inspect_container(handle.id)["State"].get("Pid") or 0
+                    freezer = CgroupFreezer.for_pid(pid) if pid else None
+                    if freezer is not None:
+                        freezer.thaw()
+                    self._client.api.kill(handle.id)
             for attempt in range(5):
                 try:
                     self._client.api.remove_container(handle.id, force=True)

@@ -36,7 +36,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     metrics = InvokerMetrics()
     if cfg.invoker.metrics_port:
-        serve(metrics.registry, "127.0.0.1", cfg.invoker.metrics_port + cfg.invoker.id)
+        serve(metrics.registry, *cfg.invoker.metrics_endpoint(cfg.invoker.id))
     heartbeat = asyncio.create_task(_heartbeat(nc, cfg, pool, stop, metrics))
     try:
         await Invoker(cfg, store, js, pool, await bus.started_marks(js, cfg.nats), metrics).serve(stop)

@@ -17,7 +17,7 @@ import time
 import grpc
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from nats.aio.msg import Msg
 
@@ -93,23 +93,18 @@ class Invoker:
         try:
             record = None
             if msg.metadata.num_delivered > 1:
-                record = await self._until_stored(lambda: self._store.get_activation(am.activation_id),
-                                                  am.activation_id, "looking for the record")
-                if record is not None:
-                    log.info("redelivered activation was already recorded", extra={"activation_id": am.activation_id})
-                elif await _marked(self._started, am.activation_id):
-                    # Begun before, by this invoker or one that died: at most once, so not again.
-                    record = records.failed(am, "The invoker running this activation failed before it "
-                                                "completed; the action may have run partly.", _now_ms())
-                    await self._store_record(record, am.activation_id)
-                    log.warning("redelivered activation had started: recorded as failed",
-                                extra={"activation_id": am.activation_id})
+                record = await self._earlier_outcome(am)
             if record is None:
                 picked_up = time.perf_counter()
                 record = await self._activate(am)
-                self._observe(record, time.perf_counter() - picked_up)
-                # Stored before anyone hears of it: a caller given the result can read the record.
-                await self._store_record(record, am.activation_id)
+                if record is None:
+                    # Marked already, though delivered as new: a NATS server killed mid-way can lose
+                    # its count of deliveries (seen in the fault suite). It started: not again.
+                    record = await self._earlier_outcome(am)
+                else:
+                    self._observe(record, time.perf_counter() - picked_up)
+                    # Stored before anyone hears of it: a caller given the result can read the record.
+                    await self._store_record(record, am.activation_id)
             await msg.ack()
         except Exception:
             log.exception("activation failed", extra={"activation_id": am.activation_id})
@@ -118,7 +113,25 @@ class Invoker:
             ticker.cancel()
         await self._complete(am, record)
 
-    async def _activate(self, am: pb.ActivationMessage) -> dict:
+    async def _earlier_outcome(self, am: pb.ActivationMessage) -> dict | None:
+        """For an activation delivered again: its record if one was stored; else, if it had
+        started, a record saying its invoker failed (stored now); None if it never started."""
+        record = await self._until_stored(lambda: self._store.get_activation(am.activation_id),
+                                          am.activation_id, "looking for the record")
+        if record is not None:
+            log.info("redelivered activation was already recorded", extra={"activation_id": am.activation_id})
+            return record
+        if not await _marked(self._started, am.activation_id):
+            return None
+        # Begun before, by this invoker or one that died: at most once, so not again.
+        record = records.failed(am, "The invoker running this activation failed before it "
+                                    "completed; the action may have run partly.", _now_ms())
+        await self._store_record(record, am.activation_id)
+        log.warning("redelivered activation had started: recorded as failed", extra={"activation_id": am.activation_id})
+        return record
+
+    async def _activate(self, am: pb.ActivationMessage) -> dict | None:
+        """Run it and return its record; None if it was marked started already."""
         started = _now_ms()
         action = await self._until_stored(lambda: self._action(am), am.activation_id, "reading the action")
         if action is None:
@@ -134,8 +147,14 @@ class Invoker:
         if job is None:
             resp = records.response(records.DEVELOPER_ERROR, {"error": f"Unsupported kind '{exec_['kind']}'."})
             return records.record(am, info, resp, None, started, _now_ms())
-        # Marked just before it can start to run: a redelivery finding the mark will not run it again.
-        await self._started.put(am.activation_id, str(self._id).encode())
+        # Marked just before it can start to run, if not marked yet (atomically): a redelivery
+        # finding the mark will not run it again.
+        try:
+            await self._started.create(am.activation_id, str(self._id).encode())
+        except KeyWrongLastSequenceError:
+            return None
+        # One line per run: the fault suite counts them to prove nothing runs twice.
+        log.info("running", extra={"activation_id": am.activation_id})
         try:
             outcome = await self._pool.run(job)
         except ImageUnavailable as exc:

@@ -36,6 +36,7 @@ from container_pool.docker_backend import default_network
 from container_pool.runtimes import PROXY_PORT, resolve
 from squall.config import SquallConfig
 from squall import wskprops
+from squall.stack import running_config
 
 ACTION = "import socket\ndef main(args):\n    return {'host': socket.gethostname()}\n"
 
@@ -199,10 +200,8 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
     for ms in asyncio.run(hotpath.grpc_warm(props["GRPCHOST"], props["AUTH"], name, args.samples)):
         grpc.add(ms)
     rates: dict[str, float | None] = {}
-    from squall.stack import prepare
-    configured, _ = prepare()   # with the stack's generated NATS credentials
-    rates["jetstream publish-with-ack per s"] = asyncio.run(hotpath.jetstream_publish_rate(configured))
-    ports = [cfg.invoker.metrics_port + i for i in invokers]
+    rates["jetstream publish-with-ack per s"] = asyncio.run(hotpath.jetstream_publish_rate(cfg))
+    ports = [cfg.invoker.metrics_endpoint(i) for i in invokers]
     before = hotpath.record_write_histogram(ports)
     home = hotpath.home_of(len(bench.edge.get(props["APIHOST"] + "/api/v1/invokers").json()))
     per_invoker = 4   # callers (and warm containers) per invoker: well within its memory, no overflow
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each throughput run")
     parser.add_argument("--pool-only", action="store_true", help="only the container pool's figures")
     args = parser.parse_args(argv)
-    cfg = SquallConfig.from_env()
+    cfg = running_config()
     bench = Bench(cfg)
     hot: dict[str, float | None] = {}
     try:

@@ -100,12 +100,12 @@ def home_of(n: int):
     return lambda namespace, name: zlib.crc32(f"{namespace}/{name}".encode()) % n   # as controller/balancer.py
 
 
-def record_write_histogram(ports: list[int]) -> dict[float, float]:
+def record_write_histogram(endpoints: list[tuple[str, int]]) -> dict[float, float]:
     """Cumulative bucket counts of squall_record_write_seconds over the given invokers."""
     buckets: dict[float, float] = {}
-    for port in ports:
+    for host, port in endpoints:
         try:
-            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
+            text = requests.get(f"http://{host}:{port}/metrics", timeout=3).text
         except requests.RequestException:
             continue
         for line in text.splitlines():

@@ -99,7 +99,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
-        lines = asyncio.run(run(args, SquallConfig.from_env()))
+        from squall.stack import running_config
+        lines = asyncio.run(run(args, running_config()))
     except AdminError as exc:
         print(f"squall admin: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ process, so one setting reaches every role.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import typing
 from dataclasses import dataclass, field
@@ -129,6 +130,26 @@ class InvokerConfig:
     # Seconds JetStream waits for an ack before redelivering; extended while running. (How soon
     # the work of a dead invoker can be taken over.)
     ack_wait_s: float = 15.0
+    # Run each local invoker in a network namespace of its own, joined to the host by a veth pair
+    # on this /24 (e.g. 10.231.0.0/24): the host's bridge takes .1, invoker n takes .(10+n).
+    # NATS, Cassandra and the controller then listen on .1 only, and action containers are
+    # firewalled from the whole /24. Empty: no namespaces, everything on 127.0.0.1. Needs root.
+    netns_subnet: str = ""
+
+    def host_address(self) -> str:
+        """Where the platform's services listen: the bridge's address, or loopback."""
+        if not self.netns_subnet:
+            return "127.0.0.1"
+        return str(ipaddress.ip_network(self.netns_subnet)[1])
+
+    def address_of(self, invoker_id: int) -> str:
+        """Invoker n's own address (its network namespace's), or loopback."""
+        if not self.netns_subnet:
+            return "127.0.0.1"
+        return str(ipaddress.ip_network(self.netns_subnet)[10 + invoker_id])
+
+    def metrics_endpoint(self, invoker_id: int) -> tuple[str, int]:
+        return self.address_of(invoker_id), self.metrics_port + invoker_id
 
 
 @dataclass(frozen=True)

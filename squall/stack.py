@@ -10,7 +10,9 @@ flush to disk), so no accepted work is lost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import mmap
 import os
 import secrets
 import shutil
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from squall import netns
 from squall.bus import invoker_subject
 from squall.config import REPO_ROOT, SquallConfig
 
@@ -56,6 +59,11 @@ class Layout:
     @property
     def podman_socket(self) -> Path:
         return self.run / "podman.sock"
+
+    @property
+    def topology(self) -> Path:
+        """The network-namespace subnet the running stack was started with (absent: none)."""
+        return self.run / "netns-subnet"
 
     def pid_file(self, name: str) -> Path:
         return self.run / f"{name}.pid"
@@ -174,8 +182,9 @@ def log_contains(layout: Layout, name: str, marker: str) -> Callable[[], bool]:
         if pid is None:
             return False
         try:
-            return marker.format(pid=pid) in layout.log_file(name).read_text(errors="replace")[-20000:]
-        except OSError:
+            with open(layout.log_file(name), "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                return m.rfind(marker.format(pid=pid).encode()) >= 0   # the whole log: fast enough
+        except (OSError, ValueError):   # (ValueError: an empty file cannot be mapped)
             return False
     return probe
 
@@ -195,17 +204,31 @@ def load_secrets(layout: Layout) -> dict[str, str]:
 
 
 def configure(base: SquallConfig, layout: Layout, values: dict[str, str]) -> SquallConfig:
-    """The configuration every process gets: the user's SQUALL_* settings plus the generated secrets."""
+    """The configuration every process gets: the user's SQUALL_* settings plus the generated
+    secrets, and with invokers in network namespaces, the services' address on their bridge."""
     invoker = base.invoker
     if not invoker.docker_host and not os.environ.get("DOCKER_HOST"):
         invoker = replace(invoker, docker_host=f"unix://{layout.podman_socket}")
+    services = invoker.host_address()
+
+    def local(host: str) -> str:
+        return services if host in ("127.0.0.1", "localhost") else host
     return replace(
         base,
         nats=replace(base.nats, user=base.nats.user or values["nats_user"],
-                     password=base.nats.password or values["nats_password"]),
-        controller=replace(base.controller, guest_auth=base.controller.guest_auth or values["guest_auth"]),
+                     password=base.nats.password or values["nats_password"],
+                     servers=tuple(url.replace("127.0.0.1", services).replace("localhost", services)
+                                   for url in base.nats.servers)),
+        cassandra=replace(base.cassandra, contact_points=tuple(local(h) for h in base.cassandra.contact_points)),
+        controller=replace(base.controller, guest_auth=base.controller.guest_auth or values["guest_auth"],
+                           host=local(base.controller.host)),
         invoker=invoker,
     )
+
+
+def _local(cfg: SquallConfig, host: str) -> bool:
+    """A service this stack runs itself (on loopback, or on the invokers' bridge)."""
+    return host in ("127.0.0.1", "localhost", cfg.invoker.host_address())
 
 
 def uses_local_podman(cfg: SquallConfig, layout: Layout) -> bool:
@@ -257,16 +280,19 @@ def components(cfg: SquallConfig, layout: Layout) -> list[Component]:
         comps.append(Component("podman", podman.service_argv(layout.podman_socket), cwd=workdir,
                                ready=lambda: layout.podman_socket.exists() and _podman_ping(layout)))
     nhost, nport = _host_port(cfg.nats.servers[0], 4222)
-    if nhost in ("127.0.0.1", "localhost"):
+    if _local(cfg, nhost):
         comps.append(Component("nats", [nats_server_binary(), "-c", str(nats_config(cfg, layout))],
                                ready=port_open(nhost, nport)))
-    if cfg.cassandra.contact_points == ("127.0.0.1",):
+    if _runs_cassandra(cfg):
         comps.append(_cassandra_component(cfg, layout))
     comps.append(Component("controller", [py, "-m", "controller"], env=env,
                            ready=port_open(cfg.controller.host, cfg.controller.port), ready_timeout=90))
     for i in range(cfg.controller.invokers):
         name = f"invoker{i}"
-        comps.append(Component(name, [py, "-m", "invoker"], env={**env, "SQUALL_INVOKER_ID": str(i)},
+        argv = [py, "-m", "invoker"]
+        if cfg.invoker.netns_subnet:
+            argv = netns.wrap(argv, i)
+        comps.append(Component(name, argv, env={**env, "SQUALL_INVOKER_ID": str(i)},
                                ready=log_contains(layout, name, "consuming " + invoker_subject(cfg.nats, i) + " (pid {pid})"),
                                ready_timeout=90,
                                stop_timeout=cfg.limits.timeout_max_ms / 1000 + 30))
@@ -286,15 +312,20 @@ def _podman_ping(layout: Layout) -> bool:
         return False
 
 
+def _runs_cassandra(cfg: SquallConfig) -> bool:
+    return len(cfg.cassandra.contact_points) == 1 and _local(cfg, cfg.cassandra.contact_points[0])
+
+
 def _cassandra_settings(cfg: SquallConfig, layout: Layout):
     from squall.provision.cassandra import CassandraSettings
-    return CassandraSettings(home=layout.root / "cassandra", cql_port=cfg.cassandra.port)
+    return CassandraSettings(home=layout.root / "cassandra", cql_port=cfg.cassandra.port,
+                             host=cfg.cassandra.contact_points[0])
 
 
 def _cassandra_component(cfg: SquallConfig, layout: Layout) -> Component:
     from squall.provision import cassandra
     settings = _cassandra_settings(cfg, layout)
-    return Component("cassandra", cassandra.command(settings), ready=port_open("127.0.0.1", cfg.cassandra.port),
+    return Component("cassandra", cassandra.command(settings), ready=port_open(settings.host, cfg.cassandra.port),
                      ready_timeout=300, stop_timeout=60)
 
 
@@ -303,18 +334,39 @@ def provision(cfg: SquallConfig, layout: Layout) -> None:
     if uses_local_podman(cfg, layout):
         from squall.provision import podman
         podman.ensure_config(log=say)
-    if cfg.cassandra.contact_points == ("127.0.0.1",):
+    if _runs_cassandra(cfg):
         from squall.provision import cassandra
         settings = _cassandra_settings(cfg, layout)
         cassandra.ensure_jars(settings, REPO_ROOT / "deploy" / "cassandra" / "pom.xml", log=say)
         cassandra.write_config(settings)
 
 
-def ensure_images(cfg: SquallConfig, layout: Layout) -> None:
+def _engine(cfg: SquallConfig):
     import docker
+    return docker.DockerClient(base_url=cfg.invoker.docker_host or os.environ["DOCKER_HOST"], timeout=600)
+
+
+def ensure_images(cfg: SquallConfig, layout: Layout) -> None:
     from squall.provision import images
-    client = docker.DockerClient(base_url=cfg.invoker.docker_host or os.environ["DOCKER_HOST"], timeout=600)
-    images.ensure_images(client, layout.root / "images", log=say)
+    images.ensure_images(_engine(cfg), layout.root / "images", log=say)
+
+
+def _container_subnets(cfg: SquallConfig) -> list[str]:
+    """The subnets of the engine's network(s) action containers join."""
+    from container_pool.docker_backend import default_network
+    client = _engine(cfg)
+    network = client.networks.get(cfg.invoker.network or default_network(client))
+    return [c["Subnet"] for c in (network.attrs.get("IPAM", {}).get("Config") or []) if c.get("Subnet")]
+
+
+def _network_namespaces(cfg: SquallConfig, layout: Layout) -> None:
+    """Invokers in namespaces of their own (see squall.netns), or none: recorded for later
+    commands, which must see the stack as it runs, whatever their own environment says."""
+    if cfg.invoker.netns_subnet:
+        netns.setup(cfg.invoker.netns_subnet, cfg.controller.invokers, _container_subnets(cfg), log=say)
+        layout.topology.write_text(cfg.invoker.netns_subnet)
+    else:
+        layout.topology.unlink(missing_ok=True)
 
 
 def write_wskprops(cfg: SquallConfig, layout: Layout) -> None:
@@ -327,19 +379,28 @@ def write_wskprops(cfg: SquallConfig, layout: Layout) -> None:
 
 
 def prepare(base: SquallConfig | None = None) -> tuple[SquallConfig, Layout]:
+    """The stack's configuration: as it runs, if it runs (see _as_running), else as configured."""
     base = base or SquallConfig.from_env()
     layout = Layout(base.paths.state)
     for d in (layout.root, layout.run, layout.logs):
         d.mkdir(parents=True, exist_ok=True)
-    return configure(base, layout, load_secrets(layout)), layout
+    return configure(_as_running(base, layout), layout, load_secrets(layout)), layout
+
+
+def running_config() -> SquallConfig:
+    """For tools and tests: the configuration of the running stack, with its credentials."""
+    return prepare()[0]
 
 
 def up() -> SquallConfig:
     cfg, layout = prepare()
-    cfg = _running_config(cfg, layout)   # an invoker that died is started again
     provision(cfg, layout)
     comps = components(cfg, layout)
+    namespaces_ready = False
     for comp in comps:
+        if comp.name not in ("podman",) and not namespaces_ready:
+            _network_namespaces(cfg, layout)   # the services' address must exist before they bind it
+            namespaces_ready = True
         if comp.name == "controller":
             ensure_images(cfg, layout)   # needs the engine up; before any action can run
         if comp.name == "cassandra":
@@ -353,25 +414,34 @@ def up() -> SquallConfig:
     return cfg
 
 
-def _running_config(cfg: SquallConfig, layout: Layout) -> SquallConfig:
-    """The configuration, with as many invokers as have pid files (a stack started with more
-    invokers than this command was given is still stopped and shown whole)."""
+def _as_running(cfg: SquallConfig, layout: Layout) -> SquallConfig:
+    """While the stack runs, its shape wins over this command's environment: as many invokers as
+    have pid files (an invoker that died is started again, a stack started with more is stopped
+    and shown whole), and network namespaces if and only if it was started with them."""
     ids = [int(p.stem[len("invoker"):]) for p in layout.run.glob("invoker*.pid") if p.stem[len("invoker"):].isdigit()]
     count = max([cfg.controller.invokers, *(i + 1 for i in ids)])
-    return replace(cfg, controller=replace(cfg.controller, invokers=count))
+    invoker = cfg.invoker
+    if any(running_pid(layout, p.stem) for p in layout.run.glob("*.pid")):
+        subnet = layout.topology.read_text().strip() if layout.topology.exists() else ""
+        invoker = replace(invoker, netns_subnet=subnet)
+    return replace(cfg, controller=replace(cfg.controller, invokers=count), invoker=invoker)
 
 
 def down() -> None:
     cfg, layout = prepare()
-    for comp in reversed(components(_running_config(cfg, layout), layout)):
+    for comp in reversed(components(cfg, layout)):
         stop(layout, comp.name, comp.stop_timeout)
+    if cfg.invoker.netns_subnet:
+        with contextlib.suppress(Exception):   # the engine may be gone already: rules stay then
+            netns.teardown(cfg.invoker.netns_subnet, _container_subnets(cfg))
+        layout.topology.unlink(missing_ok=True)
     say("down")
 
 
 def status() -> int:
     cfg, layout = prepare()
     worst = 0
-    for comp in components(_running_config(cfg, layout), layout):
+    for comp in components(cfg, layout):
         pid = running_pid(layout, comp.name)
         state = "stopped" if pid is None else ("ready" if comp.ready() else "starting")
         worst = max(worst, 0 if state == "ready" else 1)

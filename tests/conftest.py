@@ -18,6 +18,7 @@ import requests
 
 from squall.config import REPO_ROOT, SquallConfig
 from squall import wskprops as wskprops_file
+from squall.stack import running_config
 
 
 @dataclass
@@ -51,6 +52,7 @@ def stack() -> Stack:
     api = f"http://{cfg.edge.host}:{cfg.edge.port}/api/v1"
     if not (wskprops.exists() and _answering(api)):
         subprocess.run([sys.executable, "-m", "squall.stack", "up"], cwd=REPO_ROOT, check=True)
+    cfg = running_config()   # as the stack runs (its addresses, invokers, credentials)
     props = wskprops_file.read(wskprops)
     return Stack(props["APIHOST"], props["AUTH"], props.get("NAMESPACE", "guest"), cfg)
 

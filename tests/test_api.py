@@ -301,16 +301,16 @@ def test_every_process_serves_prometheus_metrics(api, stack, unique):
     assert api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true"), json={}).status_code == 200
     cfg = stack.cfg
 
-    def scrape(port: int) -> str:
-        r = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    def scrape(host: str, port: int) -> str:
+        r = requests.get(f"http://{host}:{port}/metrics", timeout=5)
         assert r.status_code == 200
         return r.text
-    edge = scrape(cfg.edge.metrics_port)
+    edge = scrape(cfg.edge.host, cfg.edge.metrics_port)
     assert 'squall_edge_requests_total{method="POST",route="/api/v1/namespaces/{ns}/actions/{name}",status="200"}' in edge
-    controller = scrape(cfg.controller.metrics_port)
+    controller = scrape(cfg.controller.host, cfg.controller.metrics_port)
     assert 'squall_activations_completed_total{status="success"}' in controller
     assert "squall_invoker_healthy" in controller
-    invokers = [scrape(cfg.invoker.metrics_port + i["id"]) for i in api.get(stack.url("/invokers")).json()
+    invokers = [scrape(*cfg.invoker.metrics_endpoint(i["id"])) for i in api.get(stack.url("/invokers")).json()
                 if i["status"] == "healthy"]
     assert any("squall_container_starts_total" in text for text in invokers)
     assert all("squall_record_write_seconds_bucket" in text and "squall_pool_used_mb" in text for text in invokers)

@@ -1,7 +1,12 @@
 """Failure of an invoker on the real stack with two or more: nothing accepted is lost, and what
-had started is not run again (a record says its invoker failed)."""
+had started is not run again (a record says its invoker failed).
+
+Every test prints accepted, recorded, lost and run twice. "Run twice" counts activations some
+invoker began to run more than once, from the invokers' own logs (one "running" line each time).
+"""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +17,7 @@ import time
 import pytest
 import requests
 
+from squall import netns
 from squall.config import REPO_ROOT
 from tests.conftest import poll_activation
 
@@ -22,6 +28,31 @@ SLOW = "import time\ndef main(args):\n    time.sleep(args.get('sleep', 2))\n    
 
 def healthy_invokers(api, stack) -> list[int]:
     return [i["id"] for i in api.get(stack.url("/invokers")).json() if i["status"] == "healthy"]
+
+
+def runs(stack, activation_ids) -> dict[str, int]:
+    """How many times each activation began to run, on any invoker, from the invokers' logs."""
+    wanted = set(activation_ids)
+    counts = dict.fromkeys(wanted, 0)
+    for path in (stack.cfg.paths.state / "logs").glob("invoker*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"running"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("msg") == "running" and entry.get("activationId") in wanted:
+                counts[entry["activationId"]] += 1
+    return counts
+
+
+def report(accepted: list[str], records: dict[str, dict | None], stack) -> tuple[list[str], list[str]]:
+    """Print the suite's counts; return the lost and the run-twice activation ids."""
+    lost = [aid for aid in accepted if records.get(aid) is None]
+    twice = [aid for aid, n in runs(stack, accepted).items() if n > 1]
+    print(f"\naccepted={len(accepted)} recorded={len(accepted) - len(lost)} lost={len(lost)} run_twice={len(twice)}")
+    return lost, twice
 
 
 def test_a_killed_invoker_loses_nothing_and_runs_nothing_twice(api, stack, unique):
@@ -63,6 +94,11 @@ def test_a_killed_invoker_loses_nothing_and_runs_nothing_twice(api, stack, uniqu
             assert "invoker" in r["response"]["result"]["error"] and "failed" in r["response"]["result"]["error"]
         response = blocking["r"]
         assert response.status_code in (200, 202, 502), response.text   # never a 500
+        everything = ids + after + [response.json()["activationId"]]
+        found = dict(zip(ids + after, records + later))
+        found[everything[-1]] = poll_activation(api, stack, everything[-1], timeout=90)
+        lost, twice = report(everything, found, stack)
+        assert not lost and not twice
     finally:
         subprocess.run([sys.executable, "-m", "squall.stack", "up"], cwd=REPO_ROOT, check=True,
                        stdout=subprocess.DEVNULL)
@@ -95,13 +131,17 @@ def main(args):
 
 def test_actions_cannot_reach_internal_services_nor_see_the_invokers_environment(api, stack, unique):
     cfg = stack.cfg
-    ports = [4222, cfg.cassandra.port, 7000, cfg.controller.port, cfg.edge.port]
+    ports = [4222, cfg.cassandra.port, 7000, cfg.controller.port, cfg.edge.port, cfg.controller.metrics_port,
+             *(cfg.invoker.metrics_endpoint(i)[1] for i in range(cfg.controller.invokers))]
     gateway = "10.88.0.1"   # the host, as seen from Podman's default bridge network
+    # With invokers in network namespaces: the services' bridge address and the invokers' own.
+    hosts = sorted({"127.0.0.1", gateway, cfg.controller.host,
+                    *(cfg.invoker.address_of(i) for i in range(cfg.controller.invokers))})
     r = api.put(stack.url(f"/namespaces/_/actions/{unique}"),
-                json={"exec": {"kind": "python:3", "code": PROBE}, "limits": {"timeout": 30000}})
+                json={"exec": {"kind": "python:3", "code": PROBE}, "limits": {"timeout": 120000}})
     assert r.status_code == 200
     r = api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true&result=true"),
-                 json={"hosts": ["127.0.0.1", gateway], "ports": ports})
+                 json={"hosts": hosts, "ports": ports})
     assert r.status_code == 200, r.text
     result = r.json()
     assert result["reached"] == []                     # NATS, Cassandra, gRPC, the edge: all out of reach
@@ -164,8 +204,45 @@ def test_killing_each_process_kind_in_turn_loses_no_accepted_activation(api, sta
         stop.set()
         worker.join(120)
     records = {aid: poll_activation(api, stack, aid, timeout=120) for aid in accepted}
-    lost = [aid for aid, r in records.items() if r is None]
-    print(f"accepted={len(accepted)} recorded={len(records) - len(lost)} lost={len(lost)} answers={answers}")
-    assert len(accepted) > 20 and not lost
+    lost, twice = report(accepted, records, stack)
+    print(f"answers={answers}")
+    assert len(accepted) > 20 and not lost and not twice
     assert set(answers) <= {"200", "202", "502", "503", "refused"}, answers
     assert all(r["response"]["statusCode"] in (0, 3) for r in records.values())
+
+
+def test_an_invoker_cut_off_the_network_has_its_work_taken_over(api, stack, unique):
+    """Its host-side veth taken down mid-run: what it had not started runs elsewhere, what it had
+    started gets a record saying its invoker failed, nothing is lost or run twice; once back on
+    the network it is healthy again."""
+    if not stack.cfg.invoker.netns_subnet:
+        pytest.skip("needs invokers in network namespaces (make test starts them so)")
+    invokers = healthy_invokers(api, stack)
+    if len(invokers) < 2:
+        pytest.skip("needs a stack with two or more invokers (make test starts two)")
+    victim = invokers[-1]
+    names = [f"{unique}-{i}" for i in range(12)]
+    for name in names:
+        assert api.put(stack.url(f"/namespaces/_/actions/{name}"),
+                       json={"exec": {"kind": "python:3", "code": SLOW}, "limits": {"timeout": 20000}}).status_code == 200
+    ids = [api.post(stack.url(f"/namespaces/_/actions/{name}"), json={"i": i, "sleep": 3}).json()["activationId"]
+           for i, name in enumerate(names)]
+    time.sleep(1.0)
+    netns.cut(victim)
+    try:
+        after = [api.post(stack.url(f"/namespaces/_/actions/{name}"), json={"i": "after", "sleep": 0}).json()["activationId"]
+                 for name in names]
+        later = {aid: poll_activation(api, stack, aid, timeout=120) for aid in after}
+        assert all(r is not None and r["response"]["statusCode"] == 0 for r in later.values()), \
+            [r and r["response"] for r in later.values()]
+        records = {aid: poll_activation(api, stack, aid, timeout=120) for aid in ids}
+    finally:
+        netns.reconnect(victim)
+    lost, twice = report(ids + after, {**records, **later}, stack)
+    assert not lost and not twice
+    assert all(r["response"]["statusCode"] in (0, 3) for r in records.values())
+    for _ in range(150):
+        if victim in healthy_invokers(api, stack):
+            break
+        time.sleep(0.2)
+    assert victim in healthy_invokers(api, stack)

@@ -65,7 +65,7 @@ async def test_throttles_answer_resource_exhausted_before_queueing(stack, unique
            "SQUALL_LIMITS_NAMESPACE_OVERRIDES": f"{stack.namespace}=3/100/1"}
     proc = subprocess.Popen([sys.executable, "-m", "controller"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    client = SquallClient(f"127.0.0.1:{port}", stack.auth)
+    client = SquallClient(f"{configured.controller.host}:{port}", stack.auth)
     try:
         for _ in range(100):
             try:

@@ -1,0 +1,130 @@
+"""Invokers in network namespaces of their own, as if each were on a host of its own.
+
+With SQUALL_INVOKER_NETNS_SUBNET set (a /24, e.g. 10.231.0.0/24), the stack builds:
+
+    host                                     netns squall-inv0        netns squall-inv1
+    bridge squall0  10.231.0.1/24 --veth--   sqn0 10.231.0.10    --   sqn1 10.231.0.11   ...
+    NATS, Cassandra, controller gRPC listen on 10.231.0.1 only
+
+An invoker reaches the services through its veth, and its action containers (on the engine's own
+bridge network) through the host, which routes between the two bridges. Action containers are
+firewalled from the whole /24 (new connections rejected), so they reach neither the services nor
+the invokers. Cutting an invoker off the network is taking its host-side veth down.
+
+Everything here is idempotent; it needs root, iproute2 and iptables.
+"""
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+BRIDGE = "squall0"
+
+
+def namespace(invoker_id: int) -> str:
+    return f"squall-inv{invoker_id}"
+
+
+def _host_veth(invoker_id: int) -> str:
+    return f"sqh{invoker_id}"
+
+
+def _ns_veth(invoker_id: int) -> str:
+    return f"sqn{invoker_id}"
+
+
+def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    argv = ["ip", *(["-n", netns] if netns else []), *args]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done
+
+
+def _exists(kind: str, name: str) -> bool:
+    if kind == "netns":
+        return name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    return _ip("link", "show", name, check=False).returncode == 0
+
+
+def _firewall_rules(subnet: str, container_subnets: list[str]) -> list[list[str]]:
+    rules = []
+    for source in container_subnets:
+        for chain in ("INPUT", "FORWARD"):
+            rules.append([chain, "-s", source, "-d", subnet, "-m", "conntrack", "--ctstate", "NEW",
+                          "-j", "REJECT", "-m", "comment", "--comment", "squall: containers stay out"])
+    return rules
+
+
+def _iptables(action: str, rule: list[str]) -> bool:
+    return subprocess.run(["iptables", action, *rule], capture_output=True).returncode == 0
+
+
+def setup(subnet: str, invokers: int, container_subnets: list[str], log: Callable[[str], None]) -> None:
+    net = ipaddress.ip_network(subnet)
+    prefix = net.prefixlen
+    if not _exists("link", BRIDGE):
+        log(f"netns: bridge {BRIDGE} {net[1]}/{prefix}")
+        _ip("link", "add", BRIDGE, "type", "bridge")
+    if str(net[1]) not in _ip("-o", "addr", "show", "dev", BRIDGE).stdout:
+        _ip("addr", "add", f"{net[1]}/{prefix}", "dev", BRIDGE)
+    _ip("link", "set", BRIDGE, "up")
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("1")
+    for i in range(invokers):
+        ns, host_end, ns_end = namespace(i), _host_veth(i), _ns_veth(i)
+        if not _exists("netns", ns):
+            log(f"netns: {ns} at {net[10 + i]}")
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        if not _exists("link", host_end):
+            _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", ns)
+        _ip("link", "set", host_end, "master", BRIDGE)
+        _ip("link", "set", host_end, "up")
+        if str(net[10 + i]) not in _ip("-o", "addr", "show", "dev", ns_end, netns=ns).stdout:
+            _ip("addr", "add", f"{net[10 + i]}/{prefix}", "dev", ns_end, netns=ns)
+        _ip("link", "set", ns_end, "up", netns=ns)
+        _ip("link", "set", "lo", "up", netns=ns)
+        _ip("route", "replace", "default", "via", str(net[1]), netns=ns)
+        _name_files(ns, str(net[10 + i]))
+    for rule in _firewall_rules(subnet, container_subnets):
+        if not _iptables("-C", rule):
+            _iptables("-I", rule)
+
+
+def _name_files(ns: str, address: str) -> None:
+    """`ip netns exec` mounts /etc/netns/NAME/* over /etc: names resolve locally in there, since
+    the host's DNS server is out of reach (a reverse lookup would hang for seconds instead)."""
+    folder = Path("/etc/netns") / ns
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hosts").write_text(f"127.0.0.1 localhost\n{address} {ns}\n")
+    (folder / "resolv.conf").write_text("# squall: no DNS inside an invoker's namespace\n")
+
+
+def teardown(subnet: str, container_subnets: list[str]) -> None:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for ns in listed:
+        if ns.startswith("squall-inv"):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)   # its veth ends go too
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+    if _exists("link", BRIDGE):
+        _ip("link", "delete", BRIDGE, check=False)
+    for rule in _firewall_rules(subnet, container_subnets):
+        while _iptables("-D", rule):
+            pass
+
+
+def cut(invoker_id: int) -> None:
+    """Take invoker n off the network: nothing in or out, as if its host's cable were pulled."""
+    _ip("link", "set", _host_veth(invoker_id), "down")
+
+
+def reconnect(invoker_id: int) -> None:
+    _ip("link", "set", _host_veth(invoker_id), "up")
+
+
+def wrap(argv: list[str], invoker_id: int) -> list[str]:
+    """The command, run inside invoker n's namespace."""
+    return ["ip", "netns", "exec", namespace(invoker_id), *argv]
