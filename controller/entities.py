@@ -108,12 +108,22 @@ def _exec(body: dict, previous: dict | None) -> dict:
         if not isinstance(code, str) or not code:
             raise BadRequest("The request content was malformed:\nexec code undefined")
         kind = runtime.kind if kind.endswith(":default") else kind
-        out = {"kind": kind, "code": code, "binary": bool(exec_.get("binary", False))}
+        out = {"kind": kind, "code": code, "binary": bool(exec_.get("binary", False)) or _is_base64(code)}
     if exec_.get("main"):
         if not isinstance(exec_["main"], str):
             raise BadRequest("The request content was malformed:\nmain must be a string")
         out["main"] = exec_["main"]
     return out
+
+
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def _is_base64(code: str) -> bool:
+    """OpenWhisk's test for a zip sent as code (wsk sends no `binary` flag): all of it base64
+    (source code has spaces, newlines or brackets)."""
+    text = code.strip()
+    return len(text) > 0 and len(text) % 4 == 0 and _BASE64.match(text) is not None
 
 
 def _known_kinds() -> set[str]:
@@ -233,7 +243,8 @@ def build_rule(namespace: str, name: str, body: Any, previous: dict | None) -> t
         raise BadRequest("The request content was malformed:\nrule needs a trigger and an action")
     t_ns, t_name = split_fqn(trigger, namespace)
     a_ns, a_name = split_fqn(action, namespace)
-    status = body.get("status", prev.get("status", "active"))
+    # wsk sends "status": "" with every rule PUT; OpenWhisk reads that as no status given.
+    status = body.get("status") or prev.get("status", "active")
     if status not in ("active", "inactive"):
         raise BadRequest("The request content was malformed:\nstatus must be 'active' or 'inactive'")
     doc.update(trigger=path_of(t_ns, t_name), action=path_of(a_ns, a_name), status=status, publish=False)

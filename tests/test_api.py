@@ -162,6 +162,10 @@ def test_zip_actions(api, stack, unique):
     create(api, stack, unique, "python:3", code, exec={"binary": True})
     r = api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true&result=true"), json={})
     assert r.status_code == 200 and r.json() == {"value": "from zip"}, r.text
+    # As wsk sends a zip: no binary flag; the base64 code says it (as OpenWhisk infers).
+    assert create(api, stack, unique + "-w", "python:3", code)["exec"]["binary"] is True
+    r = api.post(stack.url(f"/namespaces/_/actions/{unique}-w?blocking=true&result=true"), json={})
+    assert r.status_code == 200 and r.json() == {"value": "from zip"}, r.text
 
 
 def test_action_sees_openwhisk_environment(api, stack, unique):
