@@ -1,0 +1,64 @@
+"""README's commands, run as written, so they cannot rot: the lines after `make up` in "The two
+commands", and both blocks of "A tour". A `# → text` line says `text` must appear in the output.
+
+Blocks or lines that call `wsk` need Apache's wsk binary ($SQUALL_WSK or `wsk` on PATH); without
+it they are skipped and say so.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from squall.config import REPO_ROOT
+
+pytestmark = pytest.mark.stack
+
+WSK = os.environ.get("SQUALL_WSK") or shutil.which("wsk")
+
+
+def sh_blocks(section: str) -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```sh\n(.*?)```", text[start:end if end > 0 else None], re.S)
+
+
+def run_block(block: str) -> str:
+    env = dict(os.environ)
+    if WSK:
+        env["PATH"] = f"{Path(WSK).parent}:{env['PATH']}"
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"README block failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    for expected in re.findall(r"^# → (.*)$", block, re.M):
+        assert expected.strip() in done.stdout, f"{expected!r} not in:\n{done.stdout}"
+    return done.stdout
+
+
+def test_after_make_up_with_curl(stack):
+    [_, after_up] = sh_blocks("The two commands")
+    assert "you" in run_block("\n".join(line for line in after_up.splitlines() if "wsk " not in line))
+
+
+def test_after_make_up_with_wsk(stack):
+    [_, after_up] = sh_blocks("The two commands")
+    if not WSK:
+        pytest.skip("needs Apache's wsk binary (set SQUALL_WSK or put wsk on PATH)")
+    assert "you" in run_block("\n".join(line for line in after_up.splitlines() if "wsk " in line))
+
+
+def test_tour_with_curl(stack):
+    curl, _ = sh_blocks("A tour")
+    run_block(curl)
+
+
+def test_tour_with_wsk(stack):
+    _, with_wsk = sh_blocks("A tour")
+    if not WSK:
+        pytest.skip("needs Apache's wsk binary (set SQUALL_WSK or put wsk on PATH)")
+    run_block(with_wsk)
