@@ -63,6 +63,7 @@ class Outcome:
     run_end_ms: int = 0
     logs: list[str] = field(default_factory=list)
     detail: str = ""
+    timings: dict[str, float] = field(default_factory=dict)   # seconds: container, init, run, logs
 
 
 def _now_ms() -> int:
@@ -137,8 +138,10 @@ class ContainerPool:
     # Running a job
 
     async def run(self, job: Job) -> Outcome:
+        began = time.perf_counter()
         container, start = await self._acquire(job)
         outcome = Outcome(start=start)
+        outcome.timings["container"] = time.perf_counter() - began
         try:
             if container.state is State.INITIALIZING:
                 if not await self._initialize(container, job, outcome):
@@ -309,6 +312,7 @@ class ContainerPool:
             outcome.error, outcome.detail = await self._diagnose(container), str(exc)
         else:
             outcome.init_ms = int((time.monotonic() - started) * 1000)
+            outcome.timings["init"] = time.monotonic() - started
             if reply.status == 200:
                 container.action = job.key
                 container.move(State.BUSY)
@@ -321,6 +325,7 @@ class ContainerPool:
 
     async def _run(self, container: PooledContainer, job: Job, outcome: Outcome) -> None:
         outcome.run_start_ms = _now_ms()
+        began = time.perf_counter()
         try:
             outcome.run_reply = await self._post(container, "/run", job.run_body, job.timeout_s)
         except ProxyTimeout:
@@ -331,7 +336,10 @@ class ContainerPool:
         except ProxyUnreachable as exc:
             outcome.error, outcome.detail = await self._diagnose(container), str(exc)
         outcome.run_end_ms = _now_ms()
+        ran = time.perf_counter()
+        outcome.timings["run"] = ran - began
         outcome.logs = await self._collect_logs(container, job, wait_for_sentinels=outcome.error is None)
+        outcome.timings["logs"] = time.perf_counter() - ran
 
     async def _diagnose(self, container: PooledContainer) -> str:
         # The proxy's connection drops a moment before the container's init exits: give it time.
@@ -356,7 +364,7 @@ class ContainerPool:
         pending, source = container.unclaimed, container.log_source
         lines: list[str] = []
         sentinels = 0
-        size, truncated, pause = 0, False, 0.0005
+        size, truncated, pause = 0, False, 0.0002
         while sentinels < 2:
             if not pending:
                 pending.extend(source.read() if source else ())
@@ -364,7 +372,7 @@ class ContainerPool:
                 if loop.time() >= deadline:
                     break
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.02)
+                pause = min(pause * 2, 0.001)
                 continue
             line = pending.popleft()
             if line.text == LOG_SENTINEL:

@@ -16,6 +16,7 @@ from proto import squall_pb2_grpc as pb_grpc
 from squall import bus, process
 from squall.process import GRPC_OPTIONS
 from squall.config import SquallConfig
+from squall.marks import Marks
 from squall.metrics import ControllerMetrics, serve
 from squall.store import Store
 
@@ -36,12 +37,12 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
 
     balancer = Balancer(cfg.controller.invokers, cfg.controller.unresponsive_after_s)
     metrics = ControllerMetrics()
-    serve(metrics.registry, cfg.controller.host, cfg.controller.metrics_port)
+    await serve(metrics.registry, cfg.controller.host, cfg.controller.metrics_port)
     address = f"{cfg.controller.host}:{cfg.controller.port}"
-    supervision = InvokerSupervision(cfg, nc, js, await bus.started_marks(js, cfg.nats), store, balancer,
-                                     waiters, address, metrics)
+    marks = await Marks.open(js, cfg.nats)
+    supervision = InvokerSupervision(cfg, nc, js, marks, store, balancer, waiters, address, metrics)
     await supervision.start()
-    service = SquallService(cfg, store, js, auth, waiters, throttles, balancer, metrics)
+    service = SquallService(cfg, store, js, marks, auth, waiters, throttles, balancer, metrics)
     await service.alarms.start(schedule=cfg.controller.alarms)
     server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_SquallServicer_to_server(service, server)

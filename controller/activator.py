@@ -11,6 +11,7 @@ An action annotated final=true refuses invoke parameters that would override its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from controller.waiters import Waiters
 from proto import squall_pb2 as pb
 from squall.bus import invoker_subject
 from squall.config import SquallConfig
+from squall.marks import Marks
 from squall.metrics import ControllerMetrics
 from squall.errors import BadRequest, Forbidden, NotFound, SquallError, Unavailable
 from squall.store import Store, revision
@@ -72,11 +74,12 @@ class Resolved:
 
 
 class Activator:
-    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, waiters: Waiters,
+    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, marks: Marks, waiters: Waiters,
                  throttles: Throttles, balancer: Balancer, address: str, metrics: ControllerMetrics):
         self._metrics = metrics
         self._cfg = cfg
         self._store = store
+        self._marks = marks
         self.cache = EntityCache(store, cfg.controller.entity_cache_s)
         self._js = js
         self._waiters = waiters
@@ -153,19 +156,35 @@ class Activator:
         activation_id, waiter = await self._publish(identity, resolved, merged, user_ns, "", blocking)
         if waiter is None:
             return activation_id, None
-        record = await self._waiters.wait(activation_id, waiter, wait_s)
+        with self._metrics.hops.labels("wait").time():
+            record = await self._waiters.wait(activation_id, waiter, wait_s)
         if record is None:
             # A completion may have gone missing while the record was stored: look once. (If the
             # store is down, the caller still gets the activation id: the activation is accepted.)
-            stored = await self._lookup(activation_id)
+            try:
+                stored = await self.record_of(activation_id)
+            except Unavailable:
+                stored = None
             record = _dumps(stored) if stored else None
         return activation_id, record
 
-    async def _lookup(self, activation_id: str) -> dict | None:
+    async def record_of(self, activation_id: str) -> dict | None:
+        """An activation's record: from Cassandra, or, in the few milliseconds between a result
+        and its Cassandra write (or while Cassandra is down), from its mark in JetStream."""
+        store_down = False
         try:
-            return await self._store.get_activation(activation_id)
+            record = await self._store.get_activation(activation_id)
         except Unavailable:
-            return None
+            record, store_down = None, True
+        if record is None:
+            try:
+                record = (await self._marks.get(activation_id)).record
+            except Exception as exc:   # NATS down too
+                log.debug("mark of %s not readable: %s", activation_id, exc)
+                raise Unavailable() from None
+        if record is None and store_down:
+            raise Unavailable()
+        return record
 
     @staticmethod
     def _composite(resolved: Resolved) -> bool:
@@ -185,8 +204,9 @@ class Activator:
         waiter = self._waiters.expect(activation_id) if blocking else None
         try:
             # Acknowledged by JetStream (on disk) before anyone hears of the activation.
-            await self._js.publish(invoker_subject(self._cfg.nats, invoker), message.SerializeToString(),
-                                   timeout=5.0, headers={"Nats-Msg-Id": activation_id})
+            with self._metrics.hops.labels("publish").time():
+                await self._js.publish(invoker_subject(self._cfg.nats, invoker), message.SerializeToString(),
+                                       timeout=5.0, headers={"Nats-Msg-Id": activation_id})
         except Exception as exc:
             self._waiters.forget(activation_id)
             log.warning("publish of %s failed: %s", activation_id, exc)
@@ -217,7 +237,10 @@ class Activator:
         wait_s = resolved.doc["limits"]["timeout"] / 1000 + self._cfg.controller.blocking_wait_s
         record = await self._waiters.wait(activation_id, waiter, wait_s)
         if record is None:
-            stored = await self._lookup(activation_id)
+            try:
+                stored = await self.record_of(activation_id)
+            except Unavailable:
+                stored = None
             if stored is None:
                 return activation_id, {"response": response(WHISK_ERROR, {
                     "error": "The component did not complete in time."})}

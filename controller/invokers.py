@@ -7,8 +7,9 @@
   invoker's durable consumer (the very one the invoker pulls from, so each message goes to one of
   them only) and settles every message, at most once in effect:
     - its record exists: it completed; acknowledge.
-    - it is marked started (the invoker began to run it): record a whisk error saying its invoker
-      failed, tell any waiting caller, acknowledge. It is not run again.
+    - it is marked started (the invoker began to run it): if its mark holds its record (it
+      finished, the record was not yet in Cassandra), store that; else record a whisk error saying
+      its invoker failed. Tell any waiting caller, acknowledge. It is not run again.
     - otherwise it never started: publish it to a healthy invoker, then acknowledge.
   Messages the dead invoker had fetched come back once their ack wait runs out.
 """
@@ -23,8 +24,6 @@ import uuid
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from controller.entities import system_action
 from controller.balancer import HEALTHY, UNHEALTHY, Balancer
@@ -33,6 +32,7 @@ from invoker.records import failed
 from proto import squall_pb2 as pb
 from squall.bus import invoker_consumer, invoker_durable, invoker_subject
 from squall.config import SquallConfig
+from squall.marks import Marks
 from squall.metrics import ControllerMetrics
 from squall.store import Store, revision
 
@@ -48,13 +48,13 @@ def _now_ms() -> int:
 
 
 class InvokerSupervision:
-    def __init__(self, cfg: SquallConfig, nc: NATS, js: JetStreamContext, started: KeyValue, store: Store,
+    def __init__(self, cfg: SquallConfig, nc: NATS, js: JetStreamContext, marks: Marks, store: Store,
                  balancer: Balancer, waiters: Waiters, address: str, metrics: ControllerMetrics):
         self._metrics = metrics
         self._cfg = cfg
         self._nc = nc
         self._js = js
-        self._started = started
+        self._marks = marks
         self._store = store
         self._balancer = balancer
         self._waiters = waiters
@@ -158,18 +158,16 @@ class InvokerSupervision:
         if await self._store.get_activation(am.activation_id) is not None:
             await msg.ack()
             return
-        try:
-            await self._started.get(am.activation_id)
-            started = True
-        except KeyNotFoundError:
-            started = False
-        if started:
-            record = failed(am, f"The invoker {dead} running this activation failed before it completed; "
-                                "the action may have run partly.", _now_ms())
+        mark = await self._marks.get(am.activation_id)
+        if mark.started:
+            record = mark.record   # finished, its record not stored yet: store it
+            if record is None:
+                record = failed(am, f"The invoker {dead} running this activation failed before it completed; "
+                                    "the action may have run partly.", _now_ms())
+                log.warning("activation %s was running on dead invoker %d: recorded as failed", am.activation_id, dead)
             await self._store.put_activation(record)
             await msg.ack()
             self._waiters.complete(am.activation_id, json.dumps(record, separators=(",", ":")).encode())
-            log.warning("activation %s was running on dead invoker %d: recorded as failed", am.activation_id, dead)
             return
         target = self._balancer.choose(am.namespace, am.name)
         if target is None or target == dead:

@@ -24,6 +24,7 @@ from controller.waiters import Waiters
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
 from squall.config import SquallConfig
+from squall.marks import Marks
 from squall.errors import (BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, SquallError, TooManyRequests,
                            Unavailable)
 from squall.metrics import ControllerMetrics
@@ -71,7 +72,7 @@ def _dumps(value: Any) -> bytes:
 
 
 class SquallService(pb_grpc.SquallServicer):
-    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, auth: Authenticator,
+    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, marks: Marks, auth: Authenticator,
                  waiters: Waiters, throttles: Throttles, balancer: Balancer, metrics: ControllerMetrics):
         self._metrics = metrics
         self._cfg = cfg
@@ -79,7 +80,7 @@ class SquallService(pb_grpc.SquallServicer):
         self._auth = auth
         self._throttles = throttles
         self._balancer = balancer
-        self._activator = Activator(cfg, store, js, waiters, throttles, balancer,
+        self._activator = Activator(cfg, store, js, marks, waiters, throttles, balancer,
                                     f"{cfg.controller.host}:{cfg.controller.port}", metrics)
         self.alarms = AlarmProvider(store, self._activator.fire)
         self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
@@ -279,6 +280,10 @@ class SquallService(pb_grpc.SquallServicer):
 
     @_rpc
     async def Invoke(self, request, context):
+        with self._metrics.hops.labels("invoke").time():
+            return await self._invoke(request, context)
+
+    async def _invoke(self, request, context):
         identity = await self._identity(context)
         ns = self._namespace(identity, request.namespace, owned=False)
         name = entities.validate_name(request.name, allow_package=True)
@@ -312,7 +317,7 @@ class SquallService(pb_grpc.SquallServicer):
     async def GetActivation(self, request, context):
         identity = await self._identity(context)
         ns = self._namespace(identity, request.namespace)
-        record = await self._store.get_activation(request.activation_id)
+        record = await self._activator.record_of(request.activation_id)
         if record is None or record.get("namespace") != ns:
             raise NotFound()
         return pb.ActivationReply(activation_json=_dumps(record))
@@ -380,7 +385,7 @@ class InvokersService(pb_grpc.InvokersServicer):
 
     async def Complete(self, request, context):
         self._throttles.finished(request.activation_id)
-        status = json.loads(request.activation_json).get("statusCode", 0)
+        status = request.status_code
         self._balancer.completed(request.activation_id, request.invoker, status)
         self._metrics.completed.labels(STATUS_NAMES.get(status, "unknown")).inc()
         self._waiters.complete(request.activation_id, request.activation_json)

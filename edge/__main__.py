@@ -20,7 +20,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     # One channel for the process: HTTP/2 multiplexes every request over it.
     channel = grpc.aio.insecure_channel(f"{cfg.controller.host}:{cfg.controller.port}", options=GRPC_OPTIONS)
     metrics = EdgeMetrics()
-    serve(metrics.registry, cfg.edge.host, cfg.edge.metrics_port)
+    await serve(metrics.registry, cfg.edge.host, cfg.edge.metrics_port)
     runner = web.AppRunner(build_app(cfg, channel, metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, backlog=1024)

@@ -13,6 +13,7 @@ from container_pool.proxy_client import ProxyClient
 from invoker.service import Invoker
 from squall import bus, process
 from squall.config import SquallConfig
+from squall.marks import Marks
 from squall.metrics import InvokerMetrics, serve
 from squall.store import Store
 
@@ -36,10 +37,10 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     metrics = InvokerMetrics()
     if cfg.invoker.metrics_port:
-        serve(metrics.registry, *cfg.invoker.metrics_endpoint(cfg.invoker.id))
+        await serve(metrics.registry, *cfg.invoker.metrics_endpoint(cfg.invoker.id))
     heartbeat = asyncio.create_task(_heartbeat(nc, cfg, pool, stop, metrics))
     try:
-        await Invoker(cfg, store, js, pool, await bus.started_marks(js, cfg.nats), metrics).serve(stop)
+        await Invoker(cfg, store, js, pool, await Marks.open(js, cfg.nats), metrics).serve(stop)
     finally:
         heartbeat.cancel()
         log.info("invoker stopping: removing containers")

@@ -33,6 +33,7 @@ import docker
 import requests
 
 from container_pool.docker_backend import default_network
+from loadtest import hotpath
 from container_pool.runtimes import PROXY_PORT, resolve
 from squall.config import SquallConfig
 from squall import wskprops
@@ -191,7 +192,6 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
     """gRPC warm invokes, JetStream's publish rate, throughput with one and with all invokers, and
     the Cassandra record writes those runs caused."""
     import asyncio
-    from loadtest import hotpath
     props = wskprops.read(cfg.paths.state / "wskprops")
     invokers = [i["id"] for i in bench.edge.get(props["APIHOST"] + "/api/v1/invokers").json() if i["status"] == "healthy"]
     namespace = bench.edge.get(props["APIHOST"] + "/api/v1/namespaces").json()[0]
@@ -243,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         figures: dict[str, Figure] = {}
         figures["raw"], figures["cold"] = bench.raw_and_cold(args.start_samples)
         figures["prewarmed"] = bench.prewarmed(args.start_samples)
+        processes = [(cfg.controller.host, cfg.controller.metrics_port),
+                     *(cfg.invoker.metrics_endpoint(i) for i in range(cfg.controller.invokers))]
+        before = hotpath.hop_totals(processes)
         figures["warm"], figures["direct"] = bench.warm_and_direct(args.samples)
+        hops = hotpath.hop_means(before, hotpath.hop_totals(processes))
         figures["unpaused"] = bench.unpaused(args.samples)
         if not args.pool_only:
             figures["grpc"], hot = hot_path(bench, cfg, args)
@@ -257,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         expected = EXPECTED_START.get(key)
         if expected and set(fig.starts) - {expected}:
             print(f"  warning: expected only '{expected}' starts for this figure")
+    hop_table = []
+    if "invoke" in hops and "wait" in hops:
+        e2e = statistics.mean(figures["warm"].samples_ms)
+        print(f"\nwhere a warm invocation's time goes (means over the warm figure, {e2e:.1f} ms end to end)")
+        for label, value in hotpath.HOP_ROWS:
+            ms = value(hops, e2e)
+            hop_table.append({"hop": label, "ms": round(ms, 2)})
+            print(f"  {label:<54} {ms:>6.2f} ms")
     ratios = []
     print(f"\n{'rate or latency':<46} {'value':>9}")
     for name, value in hot.items():
@@ -288,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "figures": [fig.summary() for fig in figures.values()],
         "ratios": ratios,
         "rates": hot,
+        "hops_ms": hop_table,
     }
     out = cfg.paths.state / "bench"
     out.mkdir(parents=True, exist_ok=True)

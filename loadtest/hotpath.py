@@ -132,3 +132,46 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
             return (lower + (bound - lower) * share) * 1000
         lower, below = bound, cumulative
     return None
+
+
+def hop_totals(endpoints: list[tuple[str, int]]) -> dict[str, tuple[float, float]]:
+    """squall_hop_seconds per hop as (sum, count), added up over the given processes."""
+    totals: dict[str, list[float]] = {}
+    for host, port in endpoints:
+        try:
+            text = requests.get(f"http://{host}:{port}/metrics", timeout=3).text
+        except requests.RequestException:
+            continue
+        for line in text.splitlines():
+            for suffix, index in (("_sum{", 0), ("_count{", 1)):
+                if line.startswith("squall_hop_seconds" + suffix):
+                    hop = line.split('hop="', 1)[1].split('"', 1)[0]
+                    totals.setdefault(hop, [0.0, 0.0])[index] += float(line.rsplit(" ", 1)[1])
+    return {hop: (s, c) for hop, (s, c) in totals.items()}
+
+
+def hop_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean ms per hop of what was observed between two scrapes."""
+    means = {}
+    for hop, (s, c) in after.items():
+        s0, c0 = before.get(hop, (0.0, 0.0))
+        if c > c0:
+            means[hop] = (s - s0) / (c - c0) * 1000
+    return means
+
+
+# The table `make bench` prints: (label, how to compute it from the hop means and the client's mean).
+HOP_ROWS = (
+    ("client, HTTP, edge, gRPC to the controller and back", lambda m, e2e: e2e - m["invoke"]),
+    ("controller: auth, resolve, merge, throttles, reply", lambda m, e2e: m["invoke"] - m["publish"] - m["wait"]),
+    ("controller: JetStream publish, acked", lambda m, e2e: m["publish"]),
+    ("invoker: picked up (from acceptance, ms clock)", lambda m, e2e: m.get("queue", 0.0)),
+    ("invoker: started mark (JetStream KV)", lambda m, e2e: m.get("mark", 0.0)),
+    ("invoker: container (warm: found)", lambda m, e2e: m.get("container", 0.0)),
+    ("invoker: POST /run to the container", lambda m, e2e: m.get("run", 0.0)),
+    ("invoker: the activation's log lines", lambda m, e2e: m.get("logs", 0.0)),
+    ("invoker: record written (Cassandra)", lambda m, e2e: m.get("record", 0.0)),
+    ("invoker: completion sent (gRPC)", lambda m, e2e: m.get("complete", 0.0)),
+    ("the rest of the wait (asyncio, messages, wake-ups)", lambda m, e2e: m["wait"] + m["publish"] - sum(
+        m.get(h, 0.0) for h in ("queue", "mark", "container", "run", "logs", "record", "complete"))),
+)

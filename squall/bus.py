@@ -11,10 +11,9 @@ import logging
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType,
+from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType,
                          StreamConfig)
-from nats.js.errors import BucketNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.errors import NotFoundError
 
 from squall.config import NatsConfig
 
@@ -49,16 +48,6 @@ def invoker_consumer(invoker_id: int, ack_wait_s: float, max_ack_pending: int) -
     controller taking over after the invoker's death pulls from the same one."""
     return ConsumerConfig(durable_name=invoker_durable(invoker_id), ack_policy=AckPolicy.EXPLICIT,
                           ack_wait=ack_wait_s, max_ack_pending=max_ack_pending, max_deliver=-1)
-
-
-async def started_marks(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
-    """Activations an invoker began to run: a redelivered one found here is not run again."""
-    try:
-        return await js.key_value(cfg.started_bucket)
-    except BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(
-            bucket=cfg.started_bucket, history=1, ttl=7 * 24 * 3600, storage=StorageType.FILE,
-            replicas=cfg.replicas))
 
 
 async def ensure_stream(js: JetStreamContext, cfg: NatsConfig) -> None:

@@ -7,14 +7,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+HOP_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5, 30)
 
 
-def serve(registry: CollectorRegistry, host: str, port: int) -> None:
-    if port:
-        start_http_server(port, addr=host, registry=registry)
+async def serve(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner | None:
+    """GET /metrics on host:port (0: none), served by the process's own event loop: no extra
+    thread to contend for the GIL, and no reverse DNS lookup of the address (the standard
+    library's HTTP server does one, which hangs where no DNS server is reachable)."""
+    if not port:
+        return None
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
 
 
 @dataclass
@@ -26,6 +40,16 @@ class EdgeMetrics:
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("squall_edge_request_seconds", "HTTP request latency by route and method",
                                  ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+
+def hop_histogram(registry: CollectorRegistry) -> Histogram:
+    """Where an activation's time goes, hop by hop (`make bench` prints the means). Controller:
+    invoke (its whole Invoke call), publish (to JetStream, acked), wait (published to completed).
+    Invoker: queue (accepted by the controller to picked up), mark (the started mark), container
+    (getting one), init, run (the /run call), logs, record (Cassandra), complete (telling the
+    controller)."""
+    return Histogram("squall_hop_seconds", "Time spent in each hop of an activation", ["hop"],
+                     buckets=HOP_BUCKETS, registry=registry)
 
 
 @dataclass
@@ -44,6 +68,7 @@ class ControllerMetrics:
                                       ["invoker"], registry=r)
         self.queue_depth = Gauge("squall_queue_depth", "Activations waiting in an invoker's JetStream subject",
                                  ["invoker"], registry=r)
+        self.hops = hop_histogram(r)
 
 
 @dataclass
@@ -63,3 +88,4 @@ class InvokerMetrics:
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.run_seconds = Histogram("squall_activation_run_seconds", "Time from pickup to record, per activation",
                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.hops = hop_histogram(r)

@@ -16,9 +16,7 @@ Everything here is idempotent; it needs root, iproute2 and iptables.
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Callable
 
 BRIDGE = "squall0"
@@ -88,19 +86,9 @@ def setup(subnet: str, invokers: int, container_subnets: list[str], log: Callabl
         _ip("link", "set", ns_end, "up", netns=ns)
         _ip("link", "set", "lo", "up", netns=ns)
         _ip("route", "replace", "default", "via", str(net[1]), netns=ns)
-        _name_files(ns, str(net[10 + i]))
     for rule in _firewall_rules(subnet, container_subnets):
         if not _iptables("-C", rule):
             _iptables("-I", rule)
-
-
-def _name_files(ns: str, address: str) -> None:
-    """`ip netns exec` mounts /etc/netns/NAME/* over /etc: names resolve locally in there, since
-    the host's DNS server is out of reach (a reverse lookup would hang for seconds instead)."""
-    folder = Path("/etc/netns") / ns
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "hosts").write_text(f"127.0.0.1 localhost\n{address} {ns}\n")
-    (folder / "resolv.conf").write_text("# squall: no DNS inside an invoker's namespace\n")
 
 
 def teardown(subnet: str, container_subnets: list[str]) -> None:
@@ -108,7 +96,6 @@ def teardown(subnet: str, container_subnets: list[str]) -> None:
     for ns in listed:
         if ns.startswith("squall-inv"):
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)   # its veth ends go too
-            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
     if _exists("link", BRIDGE):
         _ip("link", "delete", BRIDGE, check=False)
     for rule in _firewall_rules(subnet, container_subnets):
@@ -126,5 +113,6 @@ def reconnect(invoker_id: int) -> None:
 
 
 def wrap(argv: list[str], invoker_id: int) -> list[str]:
-    """The command, run inside invoker n's namespace."""
-    return ["ip", "netns", "exec", namespace(invoker_id), *argv]
+    """The command, run inside invoker n's network namespace, and only that: `ip netns exec`
+    would also remount /sys, hiding the cgroup freezer the pool pauses containers with."""
+    return ["nsenter", f"--net=/run/netns/{namespace(invoker_id)}", "--", *argv]

@@ -1,0 +1,70 @@
+"""What became of an activation, in JetStream's key-value bucket: at most once, and fast results.
+
+One key per activation id, on file storage (replicated like the stream on a cluster):
+
+    absent              never started: it may run (on any invoker)
+    "started:<n>"       invoker n began to run it: it is never run again
+    "{...record...}"    it finished: its record, written before anyone hears of the result, so the
+                        caller can be answered before the (slower) Cassandra write, and a
+                        redelivery, a takeover or a read can find the record until it is stored
+    "stored"            its record is in Cassandra (the bucket stays small)
+
+`begin` is an atomic create, so two deliveries of one activation cannot both start it, even when
+a restarted NATS server has lost its count of deliveries.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from squall.config import NatsConfig
+
+_TTL_S = 7 * 24 * 3600   # longer than an activation can wait in the stream
+
+
+@dataclass(frozen=True)
+class Mark:
+    started: bool
+    record: dict | None = None   # the record, when it finished and is not known to be stored
+
+
+class Marks:
+    def __init__(self, kv: KeyValue):
+        self._kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, cfg: NatsConfig) -> "Marks":
+        try:
+            kv = await js.key_value(cfg.started_bucket)
+        except BucketNotFoundError:
+            kv = await js.create_key_value(KeyValueConfig(
+                bucket=cfg.started_bucket, history=1, ttl=_TTL_S, storage=StorageType.FILE,
+                replicas=cfg.replicas))
+        return cls(kv)
+
+    async def begin(self, activation_id: str, invoker_id: int) -> bool:
+        """Mark it started by this invoker; False if it was marked before (do not run it)."""
+        try:
+            await self._kv.create(activation_id, f"started:{invoker_id}".encode())
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+
+    async def finished(self, activation_id: str, record_json: bytes) -> None:
+        await self._kv.put(activation_id, record_json)
+
+    async def stored(self, activation_id: str) -> None:
+        await self._kv.put(activation_id, b"stored")
+
+    async def get(self, activation_id: str) -> Mark:
+        try:
+            entry = await self._kv.get(activation_id)
+        except KeyNotFoundError:
+            return Mark(started=False)
+        value = entry.value or b""
+        return Mark(started=True, record=json.loads(value) if value.startswith(b"{") else None)
