@@ -7,6 +7,13 @@ endif
 ifdef INVOKER_MEMORY
 export SQUALL_INVOKER_USER_MEMORY_MB := $(INVOKER_MEMORY)
 endif
+# make up EDGE_WORKERS=2 CONTROLLERS=2: edge processes sharing the port, controller replicas.
+ifdef EDGE_WORKERS
+export SQUALL_EDGE_WORKERS := $(EDGE_WORKERS)
+endif
+ifdef CONTROLLERS
+export SQUALL_CONTROLLER_REPLICAS := $(CONTROLLERS)
+endif
 # make up NETNS=10.231.0.0/24: each invoker in a network namespace of its own on that /24.
 ifdef NETNS
 export SQUALL_INVOKER_NETNS_SUBNET := $(NETNS)
@@ -39,9 +46,9 @@ logs:
 	@$(PY) -m squall.stack logs $(C)
 
 # Set up, start the stack (if it is not running: two invokers, each in a network namespace of its
-# own) and run every test against it.
+# own, and two edge workers) and run every test against it.
 test: setup
-	@SQUALL_CONTROLLER_INVOKERS=$${SQUALL_CONTROLLER_INVOKERS:-2} \
+	@SQUALL_CONTROLLER_INVOKERS=$${SQUALL_CONTROLLER_INVOKERS:-2} SQUALL_EDGE_WORKERS=$${SQUALL_EDGE_WORKERS:-2} \
 	 SQUALL_INVOKER_NETNS_SUBNET=$${SQUALL_INVOKER_NETNS_SUBNET-10.231.0.0/24} $(PY) -m squall.stack up
 	@scripts/run-tests.sh
 

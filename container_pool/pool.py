@@ -181,6 +181,7 @@ class ContainerPool:
                     self._containers.append(warm)
                     start, was_paused = "cold", False
                     self._demand_grows(job)
+                    self._refill()   # stem cells it displaced, now that it no longer waits
                     break
                 self._waiting += 1
                 try:
@@ -476,6 +477,9 @@ class ContainerPool:
                             self._spawn(self._remove(c))
                         else:
                             c.last_used = now   # a floor cell stays; look again after another ttl
+                # Stem cells missing since a burst took their memory, or since a failed start:
+                # back as soon as idle containers can make way for them.
+                self._refill()
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

@@ -37,8 +37,10 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
 
     balancer = Balancer(cfg.controller.invokers, cfg.controller.unresponsive_after_s)
     metrics = ControllerMetrics()
-    await serve(metrics.registry, cfg.controller.host, cfg.controller.metrics_port)
-    address = f"{cfg.controller.host}:{cfg.controller.port}"
+    replica = cfg.controller.replica
+    await serve(metrics.registry, cfg.controller.host,
+                cfg.controller.metrics_port + replica if cfg.controller.metrics_port else 0)
+    address = cfg.controller.address(replica)
     marks = await Marks.open(js, cfg.nats)
     supervision = InvokerSupervision(cfg, nc, js, marks, store, balancer, waiters, address, metrics)
     await supervision.start()
@@ -47,9 +49,9 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_SquallServicer_to_server(service, server)
     pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters, throttles, service.alarms, balancer, metrics), server)
-    server.add_insecure_port(f"{cfg.controller.host}:{cfg.controller.port}")
+    server.add_insecure_port(address)
     await server.start()
-    log.info("controller listening on %s:%s", cfg.controller.host, cfg.controller.port)
+    log.info("controller replica %d listening on %s", replica, address)
     await stop.wait()
     log.info("controller stopping")
     await service.alarms.stop()

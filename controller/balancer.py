@@ -37,6 +37,7 @@ class InvokerState:
     capacity_mb: int = 0               # from its heartbeat
     used_mb: int = 0                   # the pool's own count, from its heartbeat
     in_flight: int = 0
+    containers: dict[str, int] = field(default_factory=dict)   # its pool's containers by state
     last_seen: float = 0.0             # monotonic time of the last heartbeat
     failures: int = 0                  # whisk internal errors in a row
     sent_mb: dict[str, int] = field(default_factory=dict)   # activation id -> memory, until completion
@@ -65,10 +66,12 @@ class Balancer:
 
     # Health
 
-    def heartbeat(self, invoker: int, capacity_mb: int, used_mb: int, in_flight: int) -> None:
+    def heartbeat(self, invoker: int, capacity_mb: int, used_mb: int, in_flight: int,
+                  containers: dict[str, int] | None = None) -> None:
         if 0 <= invoker < self._n:
             state = self.invokers[invoker]
             state.capacity_mb, state.used_mb, state.in_flight = capacity_mb, used_mb, in_flight
+            state.containers = containers or {}
             state.last_seen = time.monotonic()
 
     def status(self, invoker: int) -> str:
@@ -125,6 +128,6 @@ class Balancer:
 
     def snapshot(self) -> list[dict]:
         return [{"id": s.id, "status": self.status(s.id), "capacityMB": s.capacity_mb, "usedMB": s.used_mb,
-                 "reservedMB": s.reserved_mb, "inFlight": s.in_flight,
+                 "reservedMB": s.reserved_mb, "inFlight": s.in_flight, "containers": s.containers,
                  "lastSeenSecondsAgo": None if s.last_seen == 0 else round(time.monotonic() - s.last_seen, 1)}
                 for s in self.invokers]

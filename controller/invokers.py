@@ -75,7 +75,8 @@ class InvokerSupervision:
         try:
             beat = json.loads(msg.data)
             self._balancer.heartbeat(int(beat["id"]), int(beat["capacityMB"]), int(beat["usedMB"]),
-                                     int(beat.get("inFlight", 0)))
+                                     int(beat.get("inFlight", 0)),
+                                     {str(k): int(v) for k, v in (beat.get("containers") or {}).items()})
         except (ValueError, KeyError, TypeError):
             log.warning("malformed heartbeat: %r", msg.data[:200])
 

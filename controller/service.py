@@ -81,7 +81,7 @@ class SquallService(pb_grpc.SquallServicer):
         self._throttles = throttles
         self._balancer = balancer
         self._activator = Activator(cfg, store, js, marks, waiters, throttles, balancer,
-                                    f"{cfg.controller.host}:{cfg.controller.port}", metrics)
+                                    cfg.controller.address(cfg.controller.replica), metrics)
         self.alarms = AlarmProvider(store, self._activator.fire)
         self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
 

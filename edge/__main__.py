@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 
 import grpc
@@ -18,14 +19,16 @@ log = logging.getLogger("edge")
 
 async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     # One channel for the process: HTTP/2 multiplexes every request over it.
-    channel = grpc.aio.insecure_channel(f"{cfg.controller.host}:{cfg.controller.port}", options=GRPC_OPTIONS)
+    controller = cfg.controller.address(cfg.edge.worker % max(cfg.controller.replicas, 1))
+    channel = grpc.aio.insecure_channel(controller, options=GRPC_OPTIONS)
     metrics = EdgeMetrics()
-    await serve(metrics.registry, cfg.edge.host, cfg.edge.metrics_port)
+    await serve(metrics.registry, *cfg.edge.metrics_endpoint(cfg.edge.worker))
     runner = web.AppRunner(build_app(cfg, channel, metrics), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, backlog=1024)
+    site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, backlog=1024, reuse_port=cfg.edge.workers > 1)
     await site.start()
-    log.info("edge listening on http://%s:%s", cfg.edge.host, cfg.edge.port)
+    log.info("edge worker %d listening on http://%s:%s, controller %s (pid %d)", cfg.edge.worker,
+             cfg.edge.host, cfg.edge.port, controller, os.getpid())
     await stop.wait()
     await runner.cleanup()
     await channel.close()

@@ -100,8 +100,17 @@ class ControllerConfig:
     guest_namespace: str = "guest"
     # Number of invokers (ids 0..n-1) the controller balances over.
     invokers: int = 1
-    # Prometheus metrics port of the controller (on host; 0: none).
+    # Prometheus metrics port of controller replica 0; replica r uses this plus r (0: none).
     metrics_port: int = 9101
+    # Controller processes the stack runs, sharing state through Cassandra and NATS; replica r
+    # serves gRPC on port + r, only replica 0 runs the alarm scheduler, and throttles count per
+    # replica. Edge worker i talks to replica i mod replicas.
+    replicas: int = 1
+    # This process's replica number (set by the supervisor).
+    replica: int = 0
+
+    def address(self, replica: int) -> str:
+        return f"{self.host}:{self.port + replica}"
 
 
 @dataclass(frozen=True)
@@ -109,8 +118,15 @@ class EdgeConfig:
     # Where the REST API (OpenWhisk's APIHOST) listens.
     host: str = "127.0.0.1"
     port: int = 3233
-    # Prometheus metrics port of the edge (on host; 0: none).
+    # Prometheus metrics port of edge worker 0; worker i uses this minus i (0: none).
     metrics_port: int = 9100
+    # Edge processes sharing the REST port (SO_REUSEPORT: the kernel spreads connections).
+    workers: int = 1
+    # This process's worker number (set by the supervisor).
+    worker: int = 0
+
+    def metrics_endpoint(self, worker: int) -> tuple[str, int]:
+        return self.host, (self.metrics_port - worker if self.metrics_port else 0)
 
 
 @dataclass(frozen=True)

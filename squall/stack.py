@@ -285,8 +285,11 @@ def components(cfg: SquallConfig, layout: Layout) -> list[Component]:
                                ready=port_open(nhost, nport)))
     if _runs_cassandra(cfg):
         comps.append(_cassandra_component(cfg, layout))
-    comps.append(Component("controller", [py, "-m", "controller"], env=env,
-                           ready=port_open(cfg.controller.host, cfg.controller.port), ready_timeout=90))
+    for r in range(cfg.controller.replicas):
+        # Replica 0 keeps the plain name (and runs the alarm scheduler); the others are numbered.
+        extra = {"SQUALL_CONTROLLER_REPLICA": str(r)} | ({"SQUALL_CONTROLLER_ALARMS": "false"} if r else {})
+        comps.append(Component("controller" + (str(r) if r else ""), [py, "-m", "controller"], env={**env, **extra},
+                               ready=port_open(cfg.controller.host, cfg.controller.port + r), ready_timeout=90))
     for i in range(cfg.controller.invokers):
         name = f"invoker{i}"
         argv = [py, "-m", "invoker"]
@@ -296,8 +299,11 @@ def components(cfg: SquallConfig, layout: Layout) -> list[Component]:
                                ready=log_contains(layout, name, "consuming " + invoker_subject(cfg.nats, i) + " (pid {pid})"),
                                ready_timeout=90,
                                stop_timeout=cfg.limits.timeout_max_ms / 1000 + 30))
-    comps.append(Component("edge", [py, "-m", "edge"], env=env,
-                           ready=http_ok(f"http://{cfg.edge.host}:{cfg.edge.port}/api/v1")))
+    for w in range(cfg.edge.workers):
+        name = "edge" + (str(w) if w else "")
+        # Workers share the port, so each one's readiness is its own log line.
+        comps.append(Component(name, [py, "-m", "edge"], env={**env, "SQUALL_EDGE_WORKER": str(w)},
+                               ready=log_contains(layout, name, "(pid {pid})")))
     return comps
 
 
@@ -415,16 +421,21 @@ def up() -> SquallConfig:
 
 
 def _as_running(cfg: SquallConfig, layout: Layout) -> SquallConfig:
-    """While the stack runs, its shape wins over this command's environment: as many invokers as
-    have pid files (an invoker that died is started again, a stack started with more is stopped
-    and shown whole), and network namespaces if and only if it was started with them."""
-    ids = [int(p.stem[len("invoker"):]) for p in layout.run.glob("invoker*.pid") if p.stem[len("invoker"):].isdigit()]
-    count = max([cfg.controller.invokers, *(i + 1 for i in ids)])
+    """While the stack runs, its shape wins over this command's environment: as many invokers,
+    controller replicas and edge workers as have pid files (one that died is started again, a
+    stack started with more is stopped and shown whole), and network namespaces if and only if it
+    was started with them."""
+    def count(role: str, configured: int) -> int:
+        ids = [int(p.stem[len(role):]) for p in layout.run.glob(f"{role}*.pid") if p.stem[len(role):].isdigit()]
+        return max([configured, *(i + 1 for i in ids)])
     invoker = cfg.invoker
     if any(running_pid(layout, p.stem) for p in layout.run.glob("*.pid")):
         subnet = layout.topology.read_text().strip() if layout.topology.exists() else ""
         invoker = replace(invoker, netns_subnet=subnet)
-    return replace(cfg, controller=replace(cfg.controller, invokers=count), invoker=invoker)
+    return replace(cfg, invoker=invoker,
+                   controller=replace(cfg.controller, invokers=count("invoker", cfg.controller.invokers),
+                                      replicas=count("controller", cfg.controller.replicas)),
+                   edge=replace(cfg.edge, workers=count("edge", cfg.edge.workers)))
 
 
 def down() -> None:

@@ -81,3 +81,24 @@ def poll_activation(api: requests.Session, stack: Stack, activation_id: str, tim
 
 def basic(auth: str) -> str:
     return "Basic " + base64.b64encode(auth.encode()).decode()
+
+
+# The fault suite's counts, printed at the end of every run (not only when a test fails).
+FAULT_COUNTS = pytest.StashKey[list]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[FAULT_COUNTS] = []
+
+
+@pytest.fixture()
+def fault_counts(request: pytest.FixtureRequest) -> list:
+    return request.config.stash[FAULT_COUNTS]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    rows = config.stash.get(FAULT_COUNTS, [])
+    if rows:
+        terminalreporter.section("fault suite: accepted, recorded, lost, run twice")
+        for row in rows:
+            terminalreporter.write_line(row)

@@ -309,7 +309,7 @@ def test_every_process_serves_prometheus_metrics(api, stack, unique):
         r = requests.get(f"http://{host}:{port}/metrics", timeout=5)
         assert r.status_code == 200
         return r.text
-    edge = scrape(cfg.edge.host, cfg.edge.metrics_port)
+    edge = "".join(scrape(*cfg.edge.metrics_endpoint(w)) for w in range(cfg.edge.workers))
     assert 'squall_edge_requests_total{method="POST",route="/api/v1/namespaces/{ns}/actions/{name}",status="200"}' in edge
     controller = scrape(cfg.controller.host, cfg.controller.metrics_port)
     assert 'squall_activations_completed_total{status="success"}' in controller

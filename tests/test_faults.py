@@ -47,15 +47,18 @@ def runs(stack, activation_ids) -> dict[str, int]:
     return counts
 
 
-def report(accepted: list[str], records: dict[str, dict | None], stack) -> tuple[list[str], list[str]]:
-    """Print the suite's counts; return the lost and the run-twice activation ids."""
+def report(counts: list, test: str, accepted: list[str], records: dict[str, dict | None],
+           stack) -> tuple[list[str], list[str]]:
+    """Note the suite's counts (printed at the end of the run); return the lost and the run-twice
+    activation ids."""
     lost = [aid for aid in accepted if records.get(aid) is None]
     twice = [aid for aid, n in runs(stack, accepted).items() if n > 1]
-    print(f"\naccepted={len(accepted)} recorded={len(accepted) - len(lost)} lost={len(lost)} run_twice={len(twice)}")
+    counts.append(f"{test}: accepted={len(accepted)} recorded={len(accepted) - len(lost)} "
+                  f"lost={len(lost)} run_twice={len(twice)}")
     return lost, twice
 
 
-def test_a_killed_invoker_loses_nothing_and_runs_nothing_twice(api, stack, unique):
+def test_a_killed_invoker_loses_nothing_and_runs_nothing_twice(api, stack, unique, fault_counts):
     invokers = healthy_invokers(api, stack)
     if len(invokers) < 2:
         pytest.skip("needs a stack with two or more invokers (make test starts two)")
@@ -97,7 +100,7 @@ def test_a_killed_invoker_loses_nothing_and_runs_nothing_twice(api, stack, uniqu
         everything = ids + after + [response.json()["activationId"]]
         found = dict(zip(ids + after, records + later))
         found[everything[-1]] = poll_activation(api, stack, everything[-1], timeout=90)
-        lost, twice = report(everything, found, stack)
+        lost, twice = report(fault_counts, "invoker killed", everything, found, stack)
         assert not lost and not twice
     finally:
         subprocess.run([sys.executable, "-m", "squall.stack", "up"], cwd=REPO_ROOT, check=True,
@@ -161,7 +164,7 @@ def _kill_and_restart(stack, name: str) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_killing_each_process_kind_in_turn_loses_no_accepted_activation(api, stack, unique):
+def test_killing_each_process_kind_in_turn_loses_no_accepted_activation(api, stack, unique, fault_counts):
     """Bounded load while the edge, the controller, NATS, Cassandra and an invoker are each
     SIGKILLed and restarted in turn: accepted = recorded, and callers only ever see the
     documented answers (202/200/502, or 503 / a refused connection while a process is down)."""
@@ -204,14 +207,13 @@ def test_killing_each_process_kind_in_turn_loses_no_accepted_activation(api, sta
         stop.set()
         worker.join(120)
     records = {aid: poll_activation(api, stack, aid, timeout=120) for aid in accepted}
-    lost, twice = report(accepted, records, stack)
-    print(f"answers={answers}")
+    lost, twice = report(fault_counts, f"each process kind killed in turn (answers {answers})", accepted, records, stack)
     assert len(accepted) > 20 and not lost and not twice
     assert set(answers) <= {"200", "202", "502", "503", "refused"}, answers
     assert all(r["response"]["statusCode"] in (0, 3) for r in records.values())
 
 
-def test_an_invoker_cut_off_the_network_has_its_work_taken_over(api, stack, unique):
+def test_an_invoker_cut_off_the_network_has_its_work_taken_over(api, stack, unique, fault_counts):
     """Its host-side veth taken down mid-run: what it had not started runs elsewhere, what it had
     started gets a record saying its invoker failed, nothing is lost or run twice; once back on
     the network it is healthy again."""
@@ -238,7 +240,7 @@ def test_an_invoker_cut_off_the_network_has_its_work_taken_over(api, stack, uniq
         records = {aid: poll_activation(api, stack, aid, timeout=120) for aid in ids}
     finally:
         netns.reconnect(victim)
-    lost, twice = report(ids + after, {**records, **later}, stack)
+    lost, twice = report(fault_counts, "invoker cut off the network", ids + after, {**records, **later}, stack)
     assert not lost and not twice
     assert all(r["response"]["statusCode"] in (0, 3) for r in records.values())
     for _ in range(150):

@@ -265,3 +265,16 @@ async def test_stem_cells_refill_when_memory_frees_and_do_not_spin_on_failure():
     await asyncio.sleep(0.3)
     assert creates == 1 and pool.snapshot() == {}
     await pool.stop()
+
+
+async def test_stem_cells_come_back_after_a_burst_filled_the_pool_with_idle_containers():
+    """A burst took every megabyte, the stem cell's too (its cold start finding the target at its
+    maximum already), and left idle containers behind; with nothing else happening, the floor's
+    stem cell displaces one of them again."""
+    backend = InMemoryBackend()
+    pool = await make_pool(backend, memory=512, prewarm=("python:3.11@256=1",), prewarm_max=1, prewarm_ttl_s=0.4)
+    await settle(pool)
+    await asyncio.gather(*(pool.run(job(name, sleep=0.1)) for name in ("a", "b", "c")))
+    await settle(pool, timeout=3.0)                             # back, with no further job
+    assert pool.snapshot() == {"idle": 1, "prewarmed": 1}
+    await pool.stop()
