@@ -83,6 +83,7 @@ class Bench:
         self.network = default_network(self.engine)
         self.image = resolve("python:3").image
         self.created: list[str] = []
+        self.containers: set[str] = set()
 
     # helpers
 
@@ -99,7 +100,11 @@ class Bench:
         r = self.edge.post(self.api + name + "?blocking=true", json={})
         ms = (time.perf_counter() - started) * 1000
         r.raise_for_status()
-        return ms, r.json()
+        activation = r.json()
+        host = activation.get("response", {}).get("result", {}).get("host")
+        if host:
+            self.containers.add(host)   # (a container's hostname is its id's beginning)
+        return ms, activation
 
     @staticmethod
     def start_of(activation: dict) -> str:
@@ -108,6 +113,7 @@ class Bench:
     def stem_cells_ready(self, count: int, timeout_s: float = 15.0) -> None:
         """Wait until every healthy invoker has its configured stem cells again (as its heartbeat
         tells), so a prewarmed sample is not a cold one in disguise."""
+        time.sleep(1.2)   # a heartbeat from after the last sample (they come every second)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             invokers = [i for i in self.edge.get(self.invokers_url).json() if i["status"] == "healthy"]
@@ -116,8 +122,15 @@ class Bench:
             time.sleep(0.1)
 
     def cleanup(self) -> None:
+        """Delete the bench's actions, and remove the containers they ran in, so that the pools
+        have room again for the next run (an invoker notices the removal and replaces them)."""
         for name in self.created:
             self.edge.delete(self.api + name)
+        for host in self.containers:
+            try:
+                self.engine.api.remove_container(host, force=True)
+            except docker.errors.APIError:
+                pass   # gone already
 
     # figures
 
