@@ -100,19 +100,25 @@ def home_of(n: int):
     return lambda namespace, name: zlib.crc32(f"{namespace}/{name}".encode()) % n   # as controller/balancer.py
 
 
-def record_write_histogram(endpoints: list[tuple[str, int]]) -> dict[float, float]:
-    """Cumulative bucket counts of squall_record_write_seconds over the given invokers."""
-    buckets: dict[float, float] = {}
+def _scraped(endpoints: list[tuple[str, int]], prefix: str):
+    """(line, value) of every sample starting with prefix, from each process's /metrics."""
     for host, port in endpoints:
         try:
             text = requests.get(f"http://{host}:{port}/metrics", timeout=3).text
         except requests.RequestException:
             continue
         for line in text.splitlines():
-            if line.startswith("squall_record_write_seconds_bucket"):
-                le = line.split('le="', 1)[1].split('"', 1)[0]
-                bound = float("inf") if le == "+Inf" else float(le)
-                buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+            if line.startswith(prefix):
+                yield line, float(line.rsplit(" ", 1)[1])
+
+
+def record_write_histogram(endpoints: list[tuple[str, int]]) -> dict[float, float]:
+    """Cumulative bucket counts of squall_record_write_seconds over the given invokers."""
+    buckets: dict[float, float] = {}
+    for line, value in _scraped(endpoints, "squall_record_write_seconds_bucket"):
+        le = line.split('le="', 1)[1].split('"', 1)[0]
+        bound = float("inf") if le == "+Inf" else float(le)
+        buckets[bound] = buckets.get(bound, 0.0) + value
     return buckets
 
 
@@ -137,16 +143,10 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 def hop_totals(endpoints: list[tuple[str, int]]) -> dict[str, tuple[float, float]]:
     """squall_hop_seconds per hop as (sum, count), added up over the given processes."""
     totals: dict[str, list[float]] = {}
-    for host, port in endpoints:
-        try:
-            text = requests.get(f"http://{host}:{port}/metrics", timeout=3).text
-        except requests.RequestException:
-            continue
-        for line in text.splitlines():
-            for suffix, index in (("_sum{", 0), ("_count{", 1)):
-                if line.startswith("squall_hop_seconds" + suffix):
-                    hop = line.split('hop="', 1)[1].split('"', 1)[0]
-                    totals.setdefault(hop, [0.0, 0.0])[index] += float(line.rsplit(" ", 1)[1])
+    for line, value in _scraped(endpoints, "squall_hop_seconds_"):
+        for suffix, index in (("_sum{", 0), ("_count{", 1)):
+            if line.startswith("squall_hop_seconds" + suffix):
+                totals.setdefault(line.split('hop="', 1)[1].split('"', 1)[0], [0.0, 0.0])[index] += value
     return {hop: (s, c) for hop, (s, c) in totals.items()}
 
 
