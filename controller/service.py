@@ -77,6 +77,7 @@ class SquallService(pb_grpc.SquallServicer):
         self._metrics = metrics
         self._cfg = cfg
         self._store = store
+        self._waiters = waiters
         self._auth = auth
         self._throttles = throttles
         self._balancer = balancer
@@ -330,6 +331,12 @@ class SquallService(pb_grpc.SquallServicer):
         # Newest first from the namespace's partition; filters applied as it is read.
         records = await self._store.list_activations(ns, since=request.since, upto=request.upto,
                                                      limit=skip + limit if not request.name else 10_000)
+        # The newest may have reached their callers before Cassandra: add those this controller saw.
+        stored = {r.get("activationId") for r in records}
+        fresh = [r for r in self._waiters.recent(ns) if r.get("activationId") not in stored
+                 and request.since <= r.get("start", 0) <= (request.upto or 2**62)]
+        if fresh:
+            records = sorted(records + fresh, key=lambda r: r.get("start", 0), reverse=True)
         if request.name:
             short = request.name.rsplit("/", 1)[-1]
             records = [r for r in records if r.get("name") == short and

@@ -1,16 +1,25 @@
-"""Blocking callers waiting for their activation's completion.
+"""Completions as this controller hears them: blocking callers waiting for theirs, and the
+records of the last few seconds.
 
 A waiter is registered before the activation is published, so a completion can
-never arrive before someone listens for it.
+never arrive before someone listens for it. Records are written to Cassandra just after their
+caller hears the result, so a listing made at once may miss the newest: the recent ones fill in.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
+import time
+
+RECENT_S = 10.0        # records are in Cassandra well within this, unless it is down
+RECENT_MAX = 10_000
 
 
 class Waiters:
     def __init__(self) -> None:
         self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._recent: collections.OrderedDict[str, tuple[float, bytes]] = collections.OrderedDict()
 
     def expect(self, activation_id: str) -> asyncio.Future[bytes]:
         fut = asyncio.get_running_loop().create_future()
@@ -18,6 +27,7 @@ class Waiters:
         return fut
 
     def complete(self, activation_id: str, activation_json: bytes) -> bool:
+        self._remember(activation_id, activation_json)
         fut = self._pending.pop(activation_id, None)
         if fut is None or fut.done():
             return False
@@ -40,3 +50,15 @@ class Waiters:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def _remember(self, activation_id: str, activation_json: bytes) -> None:
+        now = time.monotonic()
+        self._recent[activation_id] = (now, activation_json)
+        while self._recent and (len(self._recent) > RECENT_MAX or next(iter(self._recent.values()))[0] < now - RECENT_S):
+            self._recent.popitem(last=False)
+
+    def recent(self, namespace: str) -> list[dict]:
+        """The records of the namespace completed here in the last few seconds."""
+        horizon = time.monotonic() - RECENT_S
+        records = (json.loads(body) for at, body in list(self._recent.values()) if at >= horizon)
+        return [r for r in records if r.get("namespace") == namespace]

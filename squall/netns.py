@@ -16,6 +16,8 @@ Everything here is idempotent; it needs root, iproute2 and iptables.
 from __future__ import annotations
 
 import ipaddress
+import shlex
+import shutil
 import subprocess
 from typing import Callable
 
@@ -48,12 +50,15 @@ def _exists(kind: str, name: str) -> bool:
     return _ip("link", "show", name, check=False).returncode == 0
 
 
+COMMENT = "squall: containers stay out"
+
+
 def _firewall_rules(subnet: str, container_subnets: list[str]) -> list[list[str]]:
     rules = []
     for source in container_subnets:
         for chain in ("INPUT", "FORWARD"):
             rules.append([chain, "-s", source, "-d", subnet, "-m", "conntrack", "--ctstate", "NEW",
-                          "-j", "REJECT", "-m", "comment", "--comment", "squall: containers stay out"])
+                          "-j", "REJECT", "-m", "comment", "--comment", COMMENT])
     return rules
 
 
@@ -91,16 +96,23 @@ def setup(subnet: str, invokers: int, container_subnets: list[str], log: Callabl
             _iptables("-I", rule)
 
 
-def teardown(subnet: str, container_subnets: list[str]) -> None:
+def teardown() -> None:
+    """Remove the namespaces, the bridge and the firewall rules (found by their comment, so no
+    engine needs to answer to say which subnets they were for); nothing if there are none."""
+    if not shutil.which("ip") or not shutil.which("iptables"):
+        return
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     for ns in listed:
         if ns.startswith("squall-inv"):
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)   # its veth ends go too
     if _exists("link", BRIDGE):
         _ip("link", "delete", BRIDGE, check=False)
-    for rule in _firewall_rules(subnet, container_subnets):
-        while _iptables("-D", rule):
-            pass
+    for chain in ("INPUT", "FORWARD"):
+        listing = subprocess.run(["iptables", "-S", chain], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            if COMMENT in line and line.startswith("-A "):
+                # "-A CHAIN spec...": the same spec after -D deletes it.
+                subprocess.run(["iptables", "-D", *shlex.split(line[3:])], capture_output=True)
 
 
 def cut(invoker_id: int) -> None:

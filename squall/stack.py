@@ -10,7 +10,6 @@ flush to disk), so no accepted work is lost.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import mmap
 import os
@@ -442,10 +441,8 @@ def down() -> None:
     cfg, layout = prepare()
     for comp in reversed(components(cfg, layout)):
         stop(layout, comp.name, comp.stop_timeout)
-    if cfg.invoker.netns_subnet:
-        with contextlib.suppress(Exception):   # the engine may be gone already: rules stay then
-            netns.teardown(cfg.invoker.netns_subnet, _container_subnets(cfg))
-        layout.topology.unlink(missing_ok=True)
+    netns.teardown()   # (whatever a stack left, even one that was killed)
+    layout.topology.unlink(missing_ok=True)
     say("down")
 
 
