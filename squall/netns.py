@@ -82,7 +82,10 @@ def setup(subnet: str, invokers: int, container_subnets: list[str], log: Callabl
         if not _exists("netns", ns):
             log(f"netns: {ns} at {net[10 + i]}")
             subprocess.run(["ip", "netns", "add", ns], check=True)
-        if not _exists("link", host_end):
+        if _ip("link", "show", ns_end, netns=ns, check=False).returncode != 0:
+            # No pair yet, or the host end of one whose namespace was deleted (the kernel removes
+            # such a device a little later): a new pair.
+            _ip("link", "delete", host_end, check=False)
             _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", ns)
         _ip("link", "set", host_end, "master", BRIDGE)
         _ip("link", "set", host_end, "up")
@@ -104,7 +107,9 @@ def teardown() -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     for ns in listed:
         if ns.startswith("squall-inv"):
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)   # its veth ends go too
+            # The pair first, at once (a namespace's devices otherwise go some time after it).
+            _ip("link", "delete", _host_veth(int(ns[len("squall-inv"):])), check=False)
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
     if _exists("link", BRIDGE):
         _ip("link", "delete", BRIDGE, check=False)
     for chain in ("INPUT", "FORWARD"):
