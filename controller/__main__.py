@@ -9,7 +9,7 @@ import grpc
 from controller.auth import Authenticator
 from controller.balancer import Balancer
 from controller.invokers import InvokerSupervision
-from controller.service import InvokersService, SquallService
+from controller.service import Completions, SquallService
 from controller.throttles import Throttles
 from controller.waiters import Waiters
 from proto import squall_pb2_grpc as pb_grpc
@@ -48,8 +48,9 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     await service.alarms.start(schedule=cfg.controller.alarms)
     server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_SquallServicer_to_server(service, server)
-    pb_grpc.add_InvokersServicer_to_server(InvokersService(waiters, throttles, service.alarms, balancer, metrics), server)
     server.add_insecure_port(address)
+    await Completions(waiters, throttles, service.alarms, balancer, metrics).subscribe(
+        nc, bus.completion_subject(cfg.nats, address))
     await server.start()
     log.info("controller replica %d listening on %s", replica, address)
     await stop.wait()

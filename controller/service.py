@@ -1,4 +1,4 @@
-"""The controller's gRPC services: the public Squall API and the Invokers callback.
+"""The controller's services: the public Squall gRPC API, and the completions invokers send.
 
 Business rules live here: who may touch which namespace, entity validation,
 activation ids, publishing to JetStream, and waiting for blocking results.
@@ -11,6 +11,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 import grpc
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from controller import entities
@@ -381,7 +382,9 @@ def _path(record: dict) -> str:
     return next((a["value"] for a in record.get("annotations", []) if a["key"] == "path"), "")
 
 
-class InvokersService(pb_grpc.InvokersServicer):
+class Completions:
+    """The completions invokers send this controller (core NATS, on its own subject)."""
+
     def __init__(self, waiters: Waiters, throttles: Throttles, alarms: AlarmProvider, balancer: Balancer,
                  metrics: ControllerMetrics):
         self._metrics = metrics
@@ -390,12 +393,22 @@ class InvokersService(pb_grpc.InvokersServicer):
         self._alarms = alarms
         self._balancer = balancer
 
-    async def Complete(self, request, context):
-        self._throttles.finished(request.activation_id)
-        status = request.status_code
-        self._balancer.completed(request.activation_id, request.invoker, status)
+    async def subscribe(self, nc: NATS, subject: str) -> None:
+        await nc.subscribe(subject, cb=self._on_completion)
+
+    async def _on_completion(self, msg) -> None:
+        try:
+            completion = pb.Completion.FromString(msg.data)
+        except Exception:   # (protobuf's DecodeError)
+            log.warning("malformed completion on %s", msg.subject)
+            return
+        self.complete(completion)
+        if self._alarms.concerns(completion.activation_json):
+            await self._alarms.apply_record(completion.activation_json)
+
+    def complete(self, completion: pb.Completion) -> None:
+        self._throttles.finished(completion.activation_id)
+        status = completion.status_code
+        self._balancer.completed(completion.activation_id, completion.invoker, status)
         self._metrics.completed.labels(STATUS_NAMES.get(status, "unknown")).inc()
-        self._waiters.complete(request.activation_id, request.activation_json)
-        if self._alarms.concerns(request.activation_json):
-            await self._alarms.apply_record(request.activation_json)
-        return pb.CompletionAck()
+        self._waiters.complete(completion.activation_id, completion.activation_json)

@@ -40,7 +40,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
         await serve(metrics.registry, *cfg.invoker.metrics_endpoint(cfg.invoker.id))
     heartbeat = asyncio.create_task(_heartbeat(nc, cfg, pool, stop, metrics))
     try:
-        await Invoker(cfg, store, js, pool, await Marks.open(js, cfg.nats), metrics).serve(stop)
+        await Invoker(cfg, store, nc, pool, await Marks.open(js, cfg.nats), metrics).serve(stop)
     finally:
         heartbeat.cancel()
         log.info("invoker stopping: removing containers")

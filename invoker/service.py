@@ -14,9 +14,8 @@ import logging
 import os
 import time
 
-import grpc
+from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
 from nats.aio.msg import Msg
 
 from container_pool.backend import ImageUnavailable
@@ -26,8 +25,7 @@ from container_pool.runtimes import resolve
 from invoker import records
 from invoker.records import ActionInfo
 from proto import squall_pb2 as pb
-from proto import squall_pb2_grpc as pb_grpc
-from squall.bus import invoker_consumer, invoker_durable, invoker_subject
+from squall.bus import completion_subject, invoker_consumer, invoker_durable, invoker_subject
 from squall.config import SquallConfig
 from squall.marks import Marks
 from squall.metrics import InvokerMetrics
@@ -45,18 +43,17 @@ def _dumps(record: dict) -> bytes:
 
 
 class Invoker:
-    def __init__(self, cfg: SquallConfig, store: Store, js: JetStreamContext, pool: ContainerPool,
+    def __init__(self, cfg: SquallConfig, store: Store, nc: NATS, pool: ContainerPool,
                  marks: Marks, metrics: InvokerMetrics):
         self._metrics = metrics
         self._cfg = cfg
         self._store = store
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._pool = pool
         self._marks = marks
         self._id = cfg.invoker.id
         self._actions: dict[tuple[str, str], tuple[str, dict]] = {}
-        self._controllers: dict[str, pb_grpc.InvokersStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
         self._tasks: set[asyncio.Task] = set()
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -87,8 +84,6 @@ class Invoker:
         # Let running activations finish and be recorded before the process ends.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=cfg.limits.timeout_max_ms / 1000 + 10)
-        for channel in self._channels:
-            await channel.close()
 
     async def _handle(self, msg: Msg) -> None:
         am = pb.ActivationMessage.FromString(msg.data)
@@ -266,17 +261,14 @@ class Invoker:
                 delay = min(delay * 2, 5.0)
 
     async def _complete(self, am: pb.ActivationMessage, record_json: bytes, record: dict) -> None:
+        """Tell the controller that published it (core NATS, fire and forget: a completion that
+        gets lost leaves its caller to read the record)."""
         if not am.controller:
             return
-        stub = self._controllers.get(am.controller)
-        if stub is None:
-            channel = grpc.aio.insecure_channel(am.controller)
-            self._channels.append(channel)
-            stub = self._controllers[am.controller] = pb_grpc.InvokersStub(channel)
-        with contextlib.suppress(grpc.aio.AioRpcError), self._metrics.hops.labels("complete").time():
-            await stub.Complete(pb.Completion(activation_id=am.activation_id, invoker=self._id,
-                                              activation_json=record_json,
-                                              status_code=record["response"]["statusCode"]), timeout=5)
+        with contextlib.suppress(Exception), self._metrics.hops.labels("complete").time():
+            await self._nc.publish(completion_subject(self._cfg.nats, am.controller), pb.Completion(
+                activation_id=am.activation_id, invoker=self._id, activation_json=record_json,
+                status_code=record["response"]["statusCode"]).SerializeToString())
 
 
 async def _keep_alive(msg: Msg, every: float) -> None:

@@ -39,6 +39,11 @@ def invoker_subject(cfg: NatsConfig, invoker_id: int) -> str:
     return f"{cfg.subject_prefix}.invoker{invoker_id}"
 
 
+def completion_subject(cfg: NatsConfig, controller_address: str) -> str:
+    """Where invokers send the completions of what the controller at that address published."""
+    return f"{cfg.completions_subject}.{controller_address.replace('.', '_').replace(':', '_')}"
+
+
 def invoker_durable(invoker_id: int) -> str:
     return f"invoker{invoker_id}"
 

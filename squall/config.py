@@ -44,6 +44,9 @@ class NatsConfig:
     max_message_bytes: int = 8 * 1024 * 1024
     # Core NATS subject of the invokers' heartbeats (outside the stream: nothing to keep).
     health_subject: str = "squall.health"
+    # Core NATS subjects of completions, one below this per controller (outside the stream: a
+    # completion nobody hears is read from the record later).
+    completions_subject: str = "squall.completions"
     # JetStream key-value bucket marking activations an invoker has started (at most once).
     started_bucket: str = "squall_started"
 
