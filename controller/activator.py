@@ -202,6 +202,9 @@ class Activator:
         memory = resolved.doc.get("limits", {}).get("memory", 256)
         invoker = await self._invoker_for(resolved, memory)
         waiter = self._waiters.expect(activation_id) if blocking else None
+        # Counted before the publish: its completion can arrive before the publish's ack is read.
+        self._throttles.started(user_ns, activation_id)
+        self._balancer.placed(activation_id, invoker, memory)
         try:
             # Acknowledged by JetStream (on disk) before anyone hears of the activation.
             with self._metrics.hops.labels("publish").time():
@@ -209,10 +212,10 @@ class Activator:
                                        timeout=5.0, headers={"Nats-Msg-Id": activation_id})
         except Exception as exc:
             self._waiters.forget(activation_id)
+            self._throttles.finished(activation_id)
+            self._balancer.unplaced(activation_id)
             log.warning("publish of %s failed: %s", activation_id, exc)
             raise Unavailable() from None
-        self._throttles.started(user_ns, activation_id)
-        self._balancer.placed(activation_id, invoker, memory)
         self._metrics.started.labels("action").inc()
         return activation_id, waiter
 

@@ -120,6 +120,12 @@ class Balancer:
         self._placed[activation_id] = invoker
         self.invokers[invoker].sent_mb[activation_id] = memory_mb
 
+    def unplaced(self, activation_id: str) -> None:
+        """It was never sent after all (its publish failed)."""
+        placed = self._placed.pop(activation_id, -1)
+        if 0 <= placed < self._n:
+            self.invokers[placed].sent_mb.pop(activation_id, None)
+
     def forget_invoker_work(self, invoker: int) -> None:
         """Its work is being taken over: stop counting it against that invoker."""
         for activation_id in list(self.invokers[invoker].sent_mb):

@@ -318,3 +318,17 @@ def test_every_process_serves_prometheus_metrics(api, stack, unique):
                 if i["status"] == "healthy"]
     assert any("squall_container_starts_total" in text for text in invokers)
     assert all("squall_record_write_seconds_bucket" in text and "squall_pool_used_mb" in text for text in invokers)
+
+
+def test_memory_reserved_for_invocations_is_released_when_they_complete(api, stack, unique):
+    """The controller counts what it sent each invoker until it completes; completions come fast
+    (core NATS) and may beat the publish's acknowledgement, and must still be counted out."""
+    import concurrent.futures
+    create(api, stack, unique, "python:3", "def main(args):\n    return {}\n")
+
+    def invoke(_):
+        return api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true"), json={}).status_code
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(invoke, range(40))) == {200}
+    reserved = [i["reservedMB"] for i in api.get(stack.url("/invokers")).json()]
+    assert reserved == [0] * len(reserved), reserved
