@@ -84,6 +84,7 @@ class Bench:
         self.image = resolve("python:3").image
         self.created: list[str] = []
         self.containers: set[str] = set()
+        self.cold_at_capacity = 0   # cold samples taken while an invoker was full (so evicting)
 
     # helpers
 
@@ -144,10 +145,13 @@ class Bench:
         try:
             for i in range(n + 1):
                 raw_ms = self.raw_engine_start(started)
+                full = any(inv["usedMB"] + 128 > inv["capacityMB"] for inv in self.edge.get(self.invokers_url).json()
+                           if inv["status"] == "healthy")
                 cold_ms, activation = self.invoke(self.create(memory=128))   # no stem cells of 128 MB
                 if i:
                     raw.add(raw_ms)
                     cold.add(cold_ms, self.start_of(activation))
+                    self.cold_at_capacity += full
         finally:
             for container in started:
                 container.remove(force=True)
@@ -283,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, fig in figures.items():
         seen = ", ".join(f"{k} x{v}" for k, v in fig.starts.items())
         print(f"{fig.name:<46} {len(fig.samples_ms):>4} {fig.p50:>9.1f} {fig.p95:>9.1f}  {seen}")
+        if key == "cold" and bench.cold_at_capacity:
+            print(f"  warning: {bench.cold_at_capacity} samples found an invoker full: their start included an "
+                  "eviction (measure on a stack with room, e.g. right after make up)")
         expected = EXPECTED_START.get(key)
         if expected and set(fig.starts) - {expected}:
             print(f"  warning: expected only '{expected}' starts for this figure")
