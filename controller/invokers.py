@@ -165,6 +165,9 @@ class InvokerSupervision:
             if record is None:
                 record = failed(am, f"The invoker {dead} running this activation failed before it completed; "
                                     "the action may have run partly.", _now_ms())
+                # Settled here unless its invoker finished it meanwhile (then that record stands).
+                if not await self._marks.finished(am.activation_id, json.dumps(record).encode(), mark.revision):
+                    return await self._settle(dead, msg)
                 log.warning("activation %s was running on dead invoker %d: recorded as failed", am.activation_id, dead)
             await self._store.put_activation(record)
             await msg.ack()

@@ -89,50 +89,49 @@ class Invoker:
         am = pb.ActivationMessage.FromString(msg.data)
         ticker = asyncio.create_task(_keep_alive(msg, self._cfg.invoker.ack_wait_s / 3))
         try:
-            record = None
+            record, ran = None, False
             if msg.metadata.num_delivered > 1:
                 record = await self._earlier_outcome(am)
             if record is None:
                 picked_up = time.perf_counter()
                 if am.submitted_ms:   # (the controller's clock: same host, or NTP's precision)
                     self._metrics.hops.labels("queue").observe(max(_now_ms() - am.submitted_ms, 0) / 1000)
-                record = await self._activate(am)
-                if record is None:
+                outcome = await self._activate(am)
+                if outcome is None:
                     # Marked already, though delivered as new: a NATS server killed mid-way can lose
                     # its count of deliveries (seen in the fault suite). It started: not again.
                     record = await self._earlier_outcome(am)
                 else:
+                    record, revision = outcome
                     self._observe(record, time.perf_counter() - picked_up)
-                    await self._finish(am, record)
-                    await msg.ack()
-                    return
+                    await self._finish(am, record, revision)   # (completes it too, before Cassandra's write)
+                    ran = True
             await msg.ack()
         except Exception:
             log.exception("activation failed", extra={"activation_id": am.activation_id})
             return
         finally:
             ticker.cancel()
-        await self._complete(am, _dumps(record), record)
+        if not ran:
+            await self._complete(am, _dumps(record), record)
 
-    async def _finish(self, am: pb.ActivationMessage, record: dict) -> None:
+    async def _finish(self, am: pb.ActivationMessage, record: dict, revision: int) -> None:
         """Make a new record durable, tell the controller, store it in Cassandra. The record goes
         to the activation's mark first (JetStream, ~0.5 ms), so the caller hears the result
         before the slower Cassandra write, and a redelivery or a takeover after a crash finds the
-        record there. Without NATS, Cassandra first, as it must be stored before anyone hears."""
+        record there. If a takeover settled the activation meanwhile (this invoker was cut off,
+        say), that outcome stands and this record yields."""
         body = _dumps(record)
-        try:
-            with self._metrics.hops.labels("finish").time():
-                await self._marks.finished(am.activation_id, body)
-        except Exception as exc:
-            log.warning("record not kept with its mark (%s): storing it first", exc, extra={"activation_id": am.activation_id})
-            await self._store_record(record, am.activation_id)
-            await self._complete(am, body, record)
+        with self._metrics.hops.labels("finish").time():
+            kept = await self._until_stored(lambda: self._marks.finished(am.activation_id, body, revision),
+                                            am.activation_id, "keeping the record with its mark")
+        if not kept:
+            log.warning("settled elsewhere while it ran here: its record yields", extra={"activation_id": am.activation_id})
             return
-        completion = asyncio.create_task(self._complete(am, body, record))
+        await self._complete(am, body, record)
         await self._store_record(record, am.activation_id)
         with contextlib.suppress(Exception):   # only keeps the bucket small
             await self._marks.stored(am.activation_id)
-        await completion
 
     async def _earlier_outcome(self, am: pb.ActivationMessage) -> dict | None:
         """For an activation delivered again: its record if one was stored or kept with its mark
@@ -153,18 +152,21 @@ class Invoker:
             # Begun before, by this invoker or one that died: at most once, so not again.
             record = records.failed(am, "The invoker running this activation failed before it "
                                         "completed; the action may have run partly.", _now_ms())
+            if not await self._marks.finished(am.activation_id, _dumps(record), mark.revision):
+                return await self._earlier_outcome(am)   # it finished meanwhile: that outcome
             log.warning("redelivered activation had started: recorded as failed", extra={"activation_id": am.activation_id})
         await self._store_record(record, am.activation_id)
         return record
 
-    async def _activate(self, am: pb.ActivationMessage) -> dict | None:
-        """Run it and return its record; None if it was marked started already."""
+    async def _activate(self, am: pb.ActivationMessage) -> tuple[dict, int] | None:
+        """Run it: its record and the revision of its started mark; None if it was marked
+        started already (do not run it again)."""
         started = _now_ms()
         action = await self._until_stored(lambda: self._action(am), am.activation_id, "reading the action")
         if action is None:
             info = ActionInfo(am.namespace, am.name, "0.0.1", "unknown", {})
             resp = records.response(records.APPLICATION_ERROR, {"error": "The requested resource does not exist."})
-            return records.record(am, info, resp, None, started, _now_ms())
+            return await self._marked(am, records.record(am, info, resp, None, started, _now_ms()))
         exec_ = action["exec"]
         limits = action["limits"]
         info = ActionInfo(am.namespace, am.name, action["version"], exec_["kind"], limits, action.get("publish", False))
@@ -173,12 +175,14 @@ class Invoker:
         job = self._job(am, action, params)
         if job is None:
             resp = records.response(records.DEVELOPER_ERROR, {"error": f"Unsupported kind '{exec_['kind']}'."})
-            return records.record(am, info, resp, None, started, _now_ms())
+            return await self._marked(am, records.record(am, info, resp, None, started, _now_ms()))
         # Marked just before it can start to run, if not marked yet (atomically): a redelivery
-        # finding the mark will not run it again.
+        # finding the mark will not run it again. (Not earlier: a slow Cassandra read above must
+        # not look like a run to a takeover.)
         with self._metrics.hops.labels("mark").time():
-            if not await self._marks.begin(am.activation_id, self._id):
-                return None
+            revision = await self._marks.begin(am.activation_id, self._id)
+        if revision is None:
+            return None
         # One line per run: the fault suite counts them to prove nothing runs twice.
         log.info("running", extra={"activation_id": am.activation_id})
         try:
@@ -187,15 +191,20 @@ class Invoker:
                 self._metrics.hops.labels(hop).observe(seconds)
         except ImageUnavailable as exc:
             resp = records.response(records.DEVELOPER_ERROR, {"error": str(exc)})
-            return records.record(am, info, resp, None, started, _now_ms())
+            return records.record(am, info, resp, None, started, _now_ms()), revision
         except Exception as exc:
             log.exception("container failure", extra={"activation_id": am.activation_id})
             resp = records.response(records.WHISK_ERROR, {"error": f"Failed to run the action: {exc}"})
-            return records.record(am, info, resp, None, started, _now_ms())
+            return records.record(am, info, resp, None, started, _now_ms()), revision
         resp = records.interpret(outcome, limits["timeout"], self._cfg.limits.payload_max_bytes)
         start = outcome.run_start_ms - (outcome.init_ms or 0) if outcome.run_start_ms else started
         end = outcome.run_end_ms or _now_ms()
-        return records.record(am, info, resp, outcome, start, end)
+        return records.record(am, info, resp, outcome, start, end), revision
+
+    async def _marked(self, am: pb.ActivationMessage, record: dict) -> tuple[dict, int] | None:
+        """An outcome reached without running anything, under a started mark like any other."""
+        revision = await self._marks.begin(am.activation_id, self._id)
+        return None if revision is None else (record, revision)
 
     def _job(self, am: pb.ActivationMessage, action: dict, params: dict) -> Job | None:
         exec_ = action["exec"]

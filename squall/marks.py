@@ -10,7 +10,9 @@ One key per activation id, on file storage (replicated like the stream on a clus
     "stored"            its record is in Cassandra (the bucket stays small)
 
 `begin` is an atomic create, so two deliveries of one activation cannot both start it, even when
-a restarted NATS server has lost its count of deliveries.
+a restarted NATS server has lost its count of deliveries. Moving on from "started" is conditional
+on the mark's revision too, so an activation gets one outcome: the invoker's record, or, if a
+takeover settled it first (its invoker seemed dead), the takeover's; the other one yields.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ _TTL_S = 7 * 24 * 3600   # longer than an activation can wait in the stream
 class Mark:
     started: bool
     record: dict | None = None   # the record, when it finished and is not known to be stored
+    revision: int = 0
 
 
 class Marks:
@@ -47,16 +50,22 @@ class Marks:
                 replicas=cfg.replicas))
         return cls(kv)
 
-    async def begin(self, activation_id: str, invoker_id: int) -> bool:
-        """Mark it started by this invoker; False if it was marked before (do not run it)."""
+    async def begin(self, activation_id: str, invoker_id: int) -> int | None:
+        """Mark it started by this invoker: the mark's revision, or None if it was marked before
+        (do not run it)."""
         try:
-            await self._kv.create(activation_id, f"started:{invoker_id}".encode())
+            return await self._kv.create(activation_id, f"started:{invoker_id}".encode())
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def finished(self, activation_id: str, record_json: bytes, revision: int) -> bool:
+        """Keep its record with the mark, if the mark is still the one at `revision`; False if
+        someone settled the activation meanwhile."""
+        try:
+            await self._kv.update(activation_id, record_json, last=revision)
             return True
         except KeyWrongLastSequenceError:
             return False
-
-    async def finished(self, activation_id: str, record_json: bytes) -> None:
-        await self._kv.put(activation_id, record_json)
 
     async def stored(self, activation_id: str) -> None:
         await self._kv.put(activation_id, b"stored")
@@ -67,4 +76,5 @@ class Marks:
         except KeyNotFoundError:
             return Mark(started=False)
         value = entry.value or b""
-        return Mark(started=True, record=json.loads(value) if value.startswith(b"{") else None)
+        return Mark(started=True, record=json.loads(value) if value.startswith(b"{") else None,
+                    revision=entry.revision or 0)

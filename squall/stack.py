@@ -403,7 +403,7 @@ def up() -> SquallConfig:
     comps = components(cfg, layout)
     namespaces_ready = False
     for comp in comps:
-        if comp.name not in ("podman",) and not namespaces_ready:
+        if comp.name != "podman" and not namespaces_ready:
             _network_namespaces(cfg, layout)   # the services' address must exist before they bind it
             namespaces_ready = True
         if comp.name == "controller":
