@@ -312,8 +312,8 @@ class ContainerPool:
         except ProxyUnreachable as exc:
             outcome.error, outcome.detail = await self._diagnose(container), str(exc)
         else:
-            outcome.init_ms = int((time.monotonic() - started) * 1000)
             outcome.timings["init"] = time.monotonic() - started
+            outcome.init_ms = int(outcome.timings["init"] * 1000)
             if reply.status == 200:
                 container.action = job.key
                 container.move(State.BUSY)

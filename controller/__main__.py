@@ -38,8 +38,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     balancer = Balancer(cfg.controller.invokers, cfg.controller.unresponsive_after_s)
     metrics = ControllerMetrics()
     replica = cfg.controller.replica
-    await serve(metrics.registry, cfg.controller.host,
-                cfg.controller.metrics_port + replica if cfg.controller.metrics_port else 0)
+    await serve(metrics.registry, *cfg.controller.metrics_endpoint(replica))
     address = cfg.controller.address(replica)
     marks = await Marks.open(js, cfg.nats)
     supervision = InvokerSupervision(cfg, nc, js, marks, store, balancer, waiters, address, metrics)

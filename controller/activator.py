@@ -161,12 +161,16 @@ class Activator:
         if record is None:
             # A completion may have gone missing while the record was stored: look once. (If the
             # store is down, the caller still gets the activation id: the activation is accepted.)
-            try:
-                stored = await self.record_of(activation_id)
-            except Unavailable:
-                stored = None
+            stored = await self._reachable_record(activation_id)
             record = _dumps(stored) if stored else None
         return activation_id, record
+
+    async def _reachable_record(self, activation_id: str) -> dict | None:
+        """Its record, or None if there is none yet or none can be read now."""
+        try:
+            return await self.record_of(activation_id)
+        except Unavailable:
+            return None
 
     async def record_of(self, activation_id: str) -> dict | None:
         """An activation's record: from Cassandra, or, in the few milliseconds between a result
@@ -240,10 +244,7 @@ class Activator:
         wait_s = resolved.doc["limits"]["timeout"] / 1000 + self._cfg.controller.blocking_wait_s
         record = await self._waiters.wait(activation_id, waiter, wait_s)
         if record is None:
-            try:
-                stored = await self.record_of(activation_id)
-            except Unavailable:
-                stored = None
+            stored = await self._reachable_record(activation_id)
             if stored is None:
                 return activation_id, {"response": response(WHISK_ERROR, {
                     "error": "The component did not complete in time."})}

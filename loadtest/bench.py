@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         figures: dict[str, Figure] = {}
         figures["raw"], figures["cold"] = bench.raw_and_cold(args.start_samples)
         figures["prewarmed"] = bench.prewarmed(args.start_samples, sum(c.count for c in cfg.pool.stem_cells()))
-        processes = [(cfg.controller.host, cfg.controller.metrics_port),
+        processes = [*(cfg.controller.metrics_endpoint(r) for r in range(cfg.controller.replicas)),
                      *(cfg.invoker.metrics_endpoint(i) for i in range(cfg.controller.invokers))]
         figures["warm"], figures["direct"], hops = bench.warm_and_direct(args.samples, processes)
         figures["unpaused"] = bench.unpaused(args.samples)

@@ -115,6 +115,9 @@ class ControllerConfig:
     def address(self, replica: int) -> str:
         return f"{self.host}:{self.port + replica}"
 
+    def metrics_endpoint(self, replica: int) -> tuple[str, int]:
+        return self.host, (self.metrics_port + replica if self.metrics_port else 0)
+
 
 @dataclass(frozen=True)
 class EdgeConfig:

@@ -46,8 +46,8 @@ def hop_histogram(registry: CollectorRegistry) -> Histogram:
     """Where an activation's time goes, hop by hop (`make bench` prints the means). Controller:
     invoke (its whole Invoke call), publish (to JetStream, acked), wait (published to completed).
     Invoker: queue (accepted by the controller to picked up), mark (the started mark), container
-    (getting one), init, run (the /run call), logs, record (Cassandra), complete (telling the
-    controller)."""
+    (getting one), init, run (the /run call), logs, finish (the record kept with its mark),
+    complete (telling the controller), record (Cassandra, after the caller heard)."""
     return Histogram("squall_hop_seconds", "Time spent in each hop of an activation", ["hop"],
                      buckets=HOP_BUCKETS, registry=registry)
 

@@ -311,7 +311,7 @@ def test_every_process_serves_prometheus_metrics(api, stack, unique):
         return r.text
     edge = "".join(scrape(*cfg.edge.metrics_endpoint(w)) for w in range(cfg.edge.workers))
     assert 'squall_edge_requests_total{method="POST",route="/api/v1/namespaces/{ns}/actions/{name}",status="200"}' in edge
-    controller = scrape(cfg.controller.host, cfg.controller.metrics_port)
+    controller = scrape(*cfg.controller.metrics_endpoint(0))
     assert 'squall_activations_completed_total{status="success"}' in controller
     assert "squall_invoker_healthy" in controller
     invokers = [scrape(*cfg.invoker.metrics_endpoint(i["id"])) for i in api.get(stack.url("/invokers")).json()
