@@ -23,6 +23,7 @@ from container_pool.container import ActionKey
 from container_pool.pool import ContainerPool, Job
 from container_pool.runtimes import resolve
 from invoker import records
+from invoker.recorder import Recorder
 from invoker.records import ActionInfo
 from proto import squall_pb2 as pb
 from squall.bus import completion_subject, invoker_consumer, invoker_durable, invoker_subject
@@ -48,6 +49,8 @@ class Invoker:
         self._metrics = metrics
         self._cfg = cfg
         self._store = store
+        self._recorder = Recorder(store, cfg.invoker.record_writers, cfg.invoker.record_batch_max,
+                                  cfg.invoker.record_batch_bytes)
         self._nc = nc
         self._js = nc.jetstream()
         self._pool = pool
@@ -84,6 +87,7 @@ class Invoker:
         # Let running activations finish and be recorded before the process ends.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=cfg.limits.timeout_max_ms / 1000 + 10)
+        await self._recorder.close()
 
     async def _handle(self, msg: Msg) -> None:
         am = pb.ActivationMessage.FromString(msg.data)
@@ -129,7 +133,7 @@ class Invoker:
             log.warning("settled elsewhere while it ran here: its record yields", extra={"activation_id": am.activation_id})
             return
         await self._complete(am, body, record)
-        await self._store_record(record, am.activation_id)
+        await self._store_record(record, am.activation_id, body)
         with contextlib.suppress(Exception):   # only keeps the bucket small
             await self._marks.stored(am.activation_id)
 
@@ -251,10 +255,12 @@ class Invoker:
         if start:
             self._metrics.container_starts.labels(start).inc()
 
-    async def _store_record(self, record: dict, activation_id: str) -> None:
+    async def _store_record(self, record: dict, activation_id: str, body: bytes | None = None) -> None:
+        doc = (body or _dumps(record)).decode()
+
         async def put() -> None:
             with self._metrics.record_write.time(), self._metrics.hops.labels("record").time():
-                await self._store.put_activation(record)
+                await self._recorder.put(record, doc)
         await self._until_stored(put, activation_id, "storing the record")
 
     async def _until_stored(self, operation, activation_id: str, what: str):

@@ -190,3 +190,57 @@ def test_readme_configuration_reference_is_the_generated_one():
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert block == markdown(), "README's settings table is stale: run python -m squall.settings_doc"
+
+
+class _FakeRecordStore:
+    """A stand-in for squall.store.Store in this unit test only: records what the Recorder asks
+    of Cassandra, answers after a short delay, and fails on demand."""
+
+    def __init__(self):
+        self.singles: list[str] = []
+        self.batches: list[list[str]] = []
+        self.fail = False
+
+    async def put_activation(self, record, doc):
+        import asyncio
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise ConnectionError("down")
+        self.singles.append(record["activationId"])
+
+    async def put_activations(self, pairs):
+        import asyncio
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise ConnectionError("down")
+        self.batches.append([r["activationId"] for r, _ in pairs])
+
+
+def test_recorder_batches_what_queues_up_and_fails_every_record_of_a_failed_batch():
+    import asyncio
+    from invoker.recorder import Recorder
+
+    def rec(i, size=100):
+        return {"activationId": f"a{i}"}, "x" * size
+
+    async def scenario():
+        store = _FakeRecordStore()
+        recorder = Recorder(store, writers=1, max_records=10, max_bytes=5000)
+        # Alone: written at once, as a single record.
+        await recorder.put(*rec(0))
+        assert store.singles == ["a0"] and store.batches == []
+        # 25 at once: they queue up, and go in batches of at most 10.
+        await asyncio.gather(*(recorder.put(*rec(i)) for i in range(1, 26)))
+        assert store.singles == ["a0"]
+        assert [len(b) for b in store.batches] == [10, 10, 5]
+        assert sorted(sum(store.batches, []) + store.singles) == sorted(f"a{i}" for i in range(26))
+        # Too big for a batch: on its own, whatever is queued.
+        await recorder.put(*rec(99, size=3000))
+        assert store.singles[-1] == "a99"
+        # A failed batch fails each of its records (their writers retry).
+        store.fail = True
+        results = await asyncio.gather(*(recorder.put(*rec(i)) for i in range(100, 105)), return_exceptions=True)
+        assert all(isinstance(r, ConnectionError) for r in results)
+        await recorder.close()
+
+    asyncio.run(scenario())

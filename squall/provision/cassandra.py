@@ -168,6 +168,10 @@ def yaml_settings(settings: CassandraSettings) -> dict[str, object]:
         "request_timeout": "10000ms",
         # 2 cores: one compaction at a time leaves room for the rest of the stack.
         "concurrent_compactors": 1,
+        # Invokers write activation records in unlogged batches of up to ~40 KB (a record goes to
+        # two tables, so each batch spans several partitions): not worth a warning each time.
+        "batch_size_warn_threshold": "64KiB",
+        "unlogged_batch_across_partitions_warn_threshold": 200,
     }
 
 
