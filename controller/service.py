@@ -5,6 +5,7 @@ activation ids, publishing to JetStream, and waiting for blocking results.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -36,21 +37,26 @@ log = logging.getLogger(__name__)
 Handler = Callable[..., Awaitable[Any]]
 
 
+def _status(service: "SquallService", exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """A typed error's gRPC status; anything else is an internal error, logged."""
+    if isinstance(exc, SquallError):
+        if isinstance(exc, TooManyRequests):
+            service._metrics.throttled.labels(method).inc()
+        return exc.code, exc.message
+    log.error("internal error in %s", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "An internal error occurred."
+
+
 def _rpc(method: Handler) -> Handler:
-    """Turn typed errors into gRPC statuses; anything else is an internal error, logged."""
+    """Turn typed errors into gRPC statuses."""
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
             return await method(self, request, context)
-        except SquallError as exc:
-            if isinstance(exc, TooManyRequests):
-                self._metrics.throttled.labels(method.__name__).inc()
-            await context.abort(exc.code, exc.message)
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("internal error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "An internal error occurred.")
+        except Exception as exc:
+            await context.abort(*_status(self, exc, method.__name__))
     return wrapper
 
 
@@ -87,9 +93,11 @@ class SquallService(pb_grpc.SquallServicer):
         self.alarms = AlarmProvider(store, self._activator.fire)
         self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
 
-    async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
-        header = dict(context.invocation_metadata()).get("authorization")
-        return await self._auth.authenticate(header)
+    async def _identity(self, context: grpc.aio.ServicerContext | str | None) -> Identity:
+        """The caller, from a call's metadata (or from a streamed call's own credentials)."""
+        if context is None or isinstance(context, str):
+            return await self._auth.authenticate(context or None)
+        return await self._auth.authenticate(dict(context.invocation_metadata()).get("authorization"))
 
     @staticmethod
     def _namespace(identity: Identity, namespace: str, owned: bool = True) -> str:
@@ -284,6 +292,37 @@ class SquallService(pb_grpc.SquallServicer):
     async def Invoke(self, request, context):
         with self._metrics.hops.labels("invoke").time():
             return await self._invoke(request, context)
+
+    async def InvokeStream(self, calls, context):
+        """Invoke, for each call on the stream, each in a task of its own; results go back as
+        they finish. When the caller closes its side, the calls under way still finish."""
+        results: asyncio.Queue[pb.InvokeResult | None] = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def one(call: pb.InvokeCall) -> None:
+            try:
+                with self._metrics.hops.labels("invoke").time():
+                    reply = await self._invoke(call.request, call.authorization)
+                results.put_nowait(pb.InvokeResult(id=call.id, reply=reply))
+            except Exception as exc:
+                code, details = _status(self, exc, "Invoke")
+                results.put_nowait(pb.InvokeResult(id=call.id, code=code.value[0], details=details))
+
+        async def read() -> None:
+            async for call in calls:
+                task = asyncio.create_task(one(call))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.wait(set(running))
+            results.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (result := await results.get()) is not None:
+                yield result
+        finally:
+            reader.cancel()   # the stream is gone: calls under way finish, their results have nowhere to go
 
     async def _invoke(self, request, context):
         identity = await self._identity(context)

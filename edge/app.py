@@ -13,7 +13,8 @@ from typing import Awaitable, Callable
 import grpc
 from aiohttp import web
 
-from edge.errors import ACTIVATION_TO_HTTP, error_response, from_grpc
+from edge.errors import ACTIVATION_TO_HTTP, error_response, from_grpc, from_status
+from edge.stream import CallFailed, InvokeStream
 from edge.openapi import Doc, document
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
@@ -25,6 +26,7 @@ JSON = "application/json"
 TRUE = ("true", "True", "1", "yes")
 
 STUB = web.AppKey("stub", pb_grpc.SquallStub)
+INVOKES = web.AppKey("invokes", InvokeStream)
 CONFIG = web.AppKey("config", SquallConfig)
 METRICS = web.AppKey("metrics", EdgeMetrics)
 
@@ -73,6 +75,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except grpc.aio.AioRpcError as exc:
         return from_grpc(exc, code)
+    except CallFailed as exc:
+        return from_status(exc.code, exc.details, code)
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, f"The request content was too large: {exc.text}", code)
     except web.HTTPException as exc:
@@ -124,10 +128,10 @@ async def invoke(request: web.Request) -> web.Response:
     blocking = _flag(request, "blocking")
     body = await request.read()
     wait_s = request.app[CONFIG].controller.blocking_wait_s
-    reply = await request.app[STUB].Invoke(pb.InvokeRequest(
+    reply = await request.app[INVOKES].invoke(pb.InvokeRequest(
         namespace=m["ns"], name=m["name"], params_json=body, blocking=blocking,
         result_only=_flag(request, "result"), wait_ms=_int(request, "timeout")),
-        metadata=_meta(request), timeout=wait_s + 30)
+        request.headers.get("Authorization"), timeout_s=wait_s + 30)
     if not reply.done:
         return _json(json.dumps({"activationId": reply.activation_id}).encode(), 202)
     status = ACTIVATION_TO_HTTP.get(reply.status_code, 500)
@@ -252,6 +256,11 @@ async def api_docs(request: web.Request) -> web.Response:
 def build_app(cfg: SquallConfig, channel: grpc.aio.Channel, metrics: EdgeMetrics | None = None) -> web.Application:
     app = web.Application(middlewares=[observe, errors], client_max_size=cfg.limits.body_max_bytes)
     app[STUB] = pb_grpc.SquallStub(channel)
+    app[INVOKES] = InvokeStream(app[STUB])   # the hot path: one stream, not a call per invoke
+
+    async def close_stream(app: web.Application) -> None:
+        await app[INVOKES].close()
+    app.on_cleanup.append(close_stream)
     app[CONFIG] = cfg
     app[METRICS] = metrics or EdgeMetrics()
     for method, path, handler, _ in routes():

@@ -39,7 +39,11 @@ FIXED_MESSAGES = {
 }
 
 
-def from_grpc(exc: grpc.aio.AioRpcError, code: str) -> web.Response:
-    status = GRPC_TO_HTTP.get(exc.code(), 500)
-    message = FIXED_MESSAGES.get(status) or exc.details() or "An internal error occurred."
+def from_status(status_code: grpc.StatusCode, details: str, code: str) -> web.Response:
+    status = GRPC_TO_HTTP.get(status_code, 500)
+    message = FIXED_MESSAGES.get(status) or details or "An internal error occurred."
     return error_response(status, message, code)
+
+
+def from_grpc(exc: grpc.aio.AioRpcError, code: str) -> web.Response:
+    return from_status(exc.code(), exc.details(), code)
