@@ -41,7 +41,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     await serve(metrics.registry, *cfg.controller.metrics_endpoint(replica))
     address = cfg.controller.address(replica)
     marks = await Marks.open(js, cfg.nats)
-    supervision = InvokerSupervision(cfg, nc, js, marks, store, balancer, waiters, address, metrics)
+    supervision = InvokerSupervision(cfg, nc, js, marks, store, balancer, address, metrics)
     await supervision.start()
     service = SquallService(cfg, store, js, marks, auth, waiters, throttles, balancer, metrics)
     await service.alarms.start(schedule=cfg.controller.alarms)

@@ -27,10 +27,9 @@ from nats.js import JetStreamContext
 
 from controller.entities import system_action
 from controller.balancer import HEALTHY, UNHEALTHY, Balancer
-from controller.waiters import Waiters
 from invoker.records import failed
 from proto import squall_pb2 as pb
-from squall.bus import invoker_consumer, invoker_durable, invoker_subject
+from squall.bus import completion_subject, invoker_consumer, invoker_durable, invoker_subject
 from squall.config import SquallConfig
 from squall.marks import Marks
 from squall.metrics import ControllerMetrics
@@ -49,7 +48,7 @@ def _now_ms() -> int:
 
 class InvokerSupervision:
     def __init__(self, cfg: SquallConfig, nc: NATS, js: JetStreamContext, marks: Marks, store: Store,
-                 balancer: Balancer, waiters: Waiters, address: str, metrics: ControllerMetrics):
+                 balancer: Balancer, address: str, metrics: ControllerMetrics):
         self._metrics = metrics
         self._cfg = cfg
         self._nc = nc
@@ -57,7 +56,6 @@ class InvokerSupervision:
         self._marks = marks
         self._store = store
         self._balancer = balancer
-        self._waiters = waiters
         self._address = address
         self._tasks: list[asyncio.Task] = []
         self._subs: dict[int, object] = {}
@@ -171,7 +169,12 @@ class InvokerSupervision:
                 log.warning("activation %s was running on dead invoker %d: recorded as failed", am.activation_id, dead)
             await self._store.put_activation(record)
             await msg.ack()
-            self._waiters.complete(am.activation_id, json.dumps(record, separators=(",", ":")).encode())
+            # As its invoker would have: to the controller that published it (this one or another
+            # replica), which releases its throttle count and reservation and answers its caller.
+            if am.controller:
+                await self._nc.publish(completion_subject(self._cfg.nats, am.controller), pb.Completion(
+                    activation_id=am.activation_id, invoker=-1, status_code=record["response"]["statusCode"],
+                    activation_json=json.dumps(record, separators=(",", ":")).encode()).SerializeToString())
             return
         target = self._balancer.choose(am.namespace, am.name)
         if target is None or target == dead:

@@ -60,5 +60,7 @@ class Waiters:
     def recent(self, namespace: str) -> list[dict]:
         """The records of the namespace completed here in the last few seconds."""
         horizon = time.monotonic() - RECENT_S
-        records = (json.loads(body) for at, body in list(self._recent.values()) if at >= horizon)
+        # Records are compact JSON: only those naming the namespace are parsed, not every one.
+        needle = b'"namespace":' + json.dumps(namespace).encode()
+        records = (json.loads(body) for at, body in list(self._recent.values()) if at >= horizon and needle in body)
         return [r for r in records if r.get("namespace") == namespace]
