@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from squall.config import REPO_ROOT
+from tests import WSK
 
 pytestmark = pytest.mark.stack
-
-WSK = os.environ.get("SQUALL_WSK") or shutil.which("wsk")
 
 
 def sh_blocks(section: str, language: str = "sh", level: str = "##") -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -18,9 +17,9 @@ import zipfile
 import pytest
 import requests
 
-pytestmark = pytest.mark.stack
+from tests import WSK
 
-WSK = os.environ.get("SQUALL_WSK") or shutil.which("wsk")
+pytestmark = pytest.mark.stack
 
 
 @pytest.fixture()
