@@ -6,10 +6,13 @@
                      with every action homed on one invoker, then spread over all of them
   record write       Cassandra activation record writes (p50, p99), from the invokers' own
                      timing (their squall_record_write_seconds histogram, over this run)
+  cpu per invocation CPU time each kind of process spent per warm invocation during the
+                     throughput run with all invokers (from /proc): where the 2 cores go
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 import zlib
@@ -55,9 +58,11 @@ async def jetstream_publish_rate(cfg: SquallConfig, n: int = 2000) -> float:
         await nc.close()
 
 
-async def throughput(apihost: str, auth: str, actions: list[str], seconds: float, concurrency: int) -> float:
+async def throughput(apihost: str, auth: str, actions: list[str], seconds: float, concurrency: int,
+                     cpu_ms: dict[str, float] | None = None) -> float:
     """Completed warm blocking invocations per second: one caller per action (so each has its warm
-    container and none waits for a cold start), `concurrency` callers in all."""
+    container and none waits for a cold start), `concurrency` callers in all. With cpu_ms, fills
+    it with the CPU ms each kind of process spent per invocation while they ran (after warm-up)."""
     user, key = auth.split(":", 1)
     done = 0
     stop = time.perf_counter() + seconds
@@ -77,10 +82,15 @@ async def throughput(apihost: str, auth: str, actions: list[str], seconds: float
         for action in actions:
             async with session.post(f"{apihost}/api/v1/namespaces/_/actions/{action}?blocking=true", json={}) as r:
                 await r.read()
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
         stop = started + seconds
         await asyncio.gather(*(caller(session, i) for i in range(concurrency)))
-        return done / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if cpu_ms is not None and done:
+            cpu_ms.update({role: (used - cpu_before.get(role, 0.0)) * 1000 / done
+                           for role, used in cpu_seconds().items()})
+        return done / elapsed
 
 
 def actions_homed(namespace: str, invokers: list[int], count: int, home_of) -> list[str]:
@@ -213,3 +223,28 @@ def edge_scaling(cfg, auth: str, actions: list[str], seconds: float) -> dict[str
             p.terminate()
             p.wait(10)
     return rates
+
+
+# Process kinds by their command line, for cpu_seconds(); the first match wins.
+ROLES = (("edge", "-m edge"), ("controller", "-m controller"), ("invoker", "-m invoker"),
+         ("nats", "nats-server"), ("cassandra", "CassandraDaemon"), ("podman", "podman"),
+         ("containers", "/squall/proxy"), ("containers", "conmon"))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each kind of process on this machine; this
+    process, the load's client, is "client". Differences of two calls: what a run cost each."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue   # gone meanwhile
+        role = "client" if int(pid) == os.getpid() else next((r for r, pat in ROLES if pat in cmdline), None)
+        if role:
+            totals[role] = totals.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
