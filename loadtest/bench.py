@@ -238,7 +238,10 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
     for label, chosen in (("1 invoker", invokers[:1]), ("all invokers", invokers)):
         names = hotpath.actions_homed(namespace, chosen, per_invoker * len(chosen), home)
         for n in names:
-            bench.edge.put(bench.api + n, json={"exec": {"kind": "python:3", "code": hotpath.NOOP}}).raise_for_status()
+            # 128 MB: the edge scaling run below gives each action two callers, so two containers,
+            # which must fit in an invoker beside its stem cells (else evictions and cold starts).
+            bench.edge.put(bench.api + n, json={"exec": {"kind": "python:3", "code": hotpath.NOOP},
+                                                "limits": {"memory": 128}}).raise_for_status()
             bench.created.append(n)
         cpu_ms: dict[str, float] = {}   # (the run with all invokers is the one kept)
         rates[f"warm invocations per s, {label}"] = asyncio.run(hotpath.throughput(
