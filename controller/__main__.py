@@ -40,7 +40,7 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     replica = cfg.controller.replica
     await serve(metrics.registry, *cfg.controller.metrics_endpoint(replica))
     address = cfg.controller.address(replica)
-    marks = await Marks.open(js, cfg.nats)
+    marks = await Marks.open(nc, cfg.nats)
     supervision = InvokerSupervision(cfg, nc, js, marks, store, balancer, address, metrics)
     await supervision.start()
     service = SquallService(cfg, store, js, marks, auth, waiters, throttles, balancer, metrics)

@@ -34,13 +34,12 @@ async def main(cfg: SquallConfig, stop: asyncio.Event) -> None:
     pool = ContainerPool(DockerBackend(client, network, cfg.pool.freeze_directly), ProxyClient(cfg.limits.payload_max_bytes),
                          cfg.pool, cfg.invoker.user_memory_mb, cfg.invoker.id)
     await pool.start()
-    js = nc.jetstream()
     metrics = InvokerMetrics()
     if cfg.invoker.metrics_port:
         await serve(metrics.registry, *cfg.invoker.metrics_endpoint(cfg.invoker.id))
     heartbeat = asyncio.create_task(_heartbeat(nc, cfg, pool, stop, metrics))
     try:
-        await Invoker(cfg, store, nc, pool, await Marks.open(js, cfg.nats), metrics).serve(stop)
+        await Invoker(cfg, store, nc, pool, await Marks.open(nc, cfg.nats), metrics).serve(stop)
     finally:
         heartbeat.cancel()
         log.info("invoker stopping: removing containers")

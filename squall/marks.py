@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -37,18 +37,21 @@ class Mark:
 
 
 class Marks:
-    def __init__(self, kv: KeyValue):
+    def __init__(self, kv: KeyValue, nc: NATS, bucket: str):
         self._kv = kv
+        self._nc = nc
+        self._bucket = bucket
 
     @classmethod
-    async def open(cls, js: JetStreamContext, cfg: NatsConfig) -> "Marks":
+    async def open(cls, nc: NATS, cfg: NatsConfig) -> "Marks":
+        js = nc.jetstream()
         try:
             kv = await js.key_value(cfg.started_bucket)
         except BucketNotFoundError:
             kv = await js.create_key_value(KeyValueConfig(
                 bucket=cfg.started_bucket, history=1, ttl=_TTL_S, storage=StorageType.FILE,
                 replicas=cfg.replicas))
-        return cls(kv)
+        return cls(kv, nc, cfg.started_bucket)
 
     async def begin(self, activation_id: str, invoker_id: int) -> int | None:
         """Mark it started by this invoker: the mark's revision, or None if it was marked before
@@ -68,7 +71,10 @@ class Marks:
             return False
 
     async def stored(self, activation_id: str) -> None:
-        await self._kv.put(activation_id, b"stored")
+        """Its record is in Cassandra: the mark drops it. Published without waiting for JetStream's
+        ack (a key-value put is a message on the bucket's subject): if it is lost, the mark only
+        keeps the record longer, and the invoker spares a round trip per activation."""
+        await self._nc.publish(f"$KV.{self._bucket}.{activation_id}", b"stored")
 
     async def get(self, activation_id: str) -> Mark:
         try:
