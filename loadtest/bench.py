@@ -69,6 +69,23 @@ class Figure:
                 "p95_ms": round(self.p95, 2), "containerStart": self.starts}
 
 
+@dataclass
+class Rates:
+    """A rate's samples, one per window of hotpath.WINDOW_S (per second)."""
+    per_s: list[float]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.per_s) if self.per_s else float("nan")
+
+    @property
+    def p95(self) -> float:
+        return Figure("", self.per_s).p95
+
+    def summary(self) -> dict:
+        return {"n": len(self.per_s), "p50_per_s": round(self.p50, 1), "p95_per_s": round(self.p95, 1)}
+
+
 class Bench:
     def __init__(self, cfg: SquallConfig):
         props = wskprops.read(cfg.paths.state / "wskprops")
@@ -229,8 +246,8 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
     name = bench.create(memory=256)
     for ms in asyncio.run(hotpath.grpc_warm(props["GRPCHOST"], props["AUTH"], name, args.samples)):
         grpc.add(ms)
-    rates: dict[str, float | None] = {}
-    rates["jetstream publish-with-ack per s"] = asyncio.run(hotpath.jetstream_publish_rate(cfg))
+    rates: dict[str, Rates | float | None] = {}
+    rates["jetstream publish-with-ack per s"] = Rates(asyncio.run(hotpath.jetstream_publish_rate(cfg)))
     ports = [cfg.invoker.metrics_endpoint(i) for i in invokers]
     before = hotpath.record_write_histogram(ports)
     home = hotpath.home_of(len(bench.edge.get(props["APIHOST"] + "/api/v1/invokers").json()))
@@ -244,11 +261,11 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
                                                 "limits": {"memory": 128}}).raise_for_status()
             bench.created.append(n)
         cpu_ms: dict[str, float] = {}   # (the run with all invokers is the one kept)
-        rates[f"warm invocations per s, {label}"] = asyncio.run(hotpath.throughput(
-            props["APIHOST"], props["AUTH"], names, args.seconds, len(names), cpu_ms))
+        rates[f"warm invocations per s, {label}"] = Rates(asyncio.run(hotpath.throughput(
+            props["APIHOST"], props["AUTH"], names, args.seconds, len(names), cpu_ms)))
     for role, ms in sorted(cpu_ms.items(), key=lambda kv: -kv[1]):
         rates[f"CPU ms per invocation, {role}"] = ms
-    rates.update(hotpath.edge_scaling(cfg, props["AUTH"], names, args.seconds))
+    rates.update({k: Rates(v) for k, v in hotpath.edge_scaling(cfg, props["AUTH"], names, args.seconds).items()})
     after = hotpath.record_write_histogram(ports)
     rates["Cassandra record write p50 ms"] = hotpath.quantile(before, after, 0.5)
     rates["Cassandra record write p99 ms"] = hotpath.quantile(before, after, 0.99)
@@ -275,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = running_config()
     bench = Bench(cfg)
-    hot: dict[str, float | None] = {}
+    hot: dict[str, Rates | float | None] = {}
     try:
         figures: dict[str, Figure] = {}
         figures["raw"], figures["cold"] = bench.raw_and_cold(args.start_samples)
@@ -308,15 +325,22 @@ def main(argv: list[str] | None = None) -> int:
             hop_table.append({"hop": label, "ms": round(ms, 2), "in_end_to_end": counted})
             print(f"  {label:<54} {ms:>6.2f} ms")
     ratios = []
-    print(f"\n{'rate or latency':<46} {'value':>9}")
-    for name, value in hot.items():
-        print(f"{name:<46} {value if value is None else round(value, 1):>9}")
-    jetstream = hot.get("jetstream publish-with-ack per s")
-    one, two = hot.get("warm invocations per s, 1 edge worker"), hot.get("warm invocations per s, 2 edge workers")
+    rates = {name: value for name, value in hot.items() if isinstance(value, Rates)}
+    if rates:
+        print(f"\n{'rate (per second, over %.1f s windows)' % hotpath.WINDOW_S:<46} {'n':>4} {'p50':>9} {'p95':>9}")
+        for name, value in rates.items():
+            print(f"{name:<46} {len(value.per_s):>4} {value.p50:>9.1f} {value.p95:>9.1f}")
+        print(f"\n{'latency or cost':<46} {'value':>9}")
+        for name, value in hot.items():
+            if name not in rates:
+                print(f"{name:<46} {value if value is None else round(value, 1):>9}")
+    p50 = {name: value.p50 for name, value in rates.items() if value.per_s}
+    jetstream = p50.get("jetstream publish-with-ack per s")
+    one, two = p50.get("warm invocations per s, 1 edge worker"), p50.get("warm invocations per s, 2 edge workers")
     if one and two:
         ratios.append({"name": "throughput, 2 edge workers / 1", "value": round(two / one, 3), "target_min": None, "met": None})
     for n in ("1 invoker", "all invokers"):
-        rate = hot.get(f"warm invocations per s, {n}")
+        rate = p50.get(f"warm invocations per s, {n}")
         if rate and jetstream:
             value = rate / jetstream
             ratios.append({"name": f"throughput, {n} / JetStream publish rate", "value": round(value, 3),
@@ -343,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cpus": os.cpu_count(), "python": platform.python_version()},
         "figures": [fig.summary() for fig in figures.values()],
         "ratios": ratios,
-        "rates": hot,
+        "rates": {name: value.summary() if isinstance(value, Rates) else value for name, value in hot.items()},
         "hops_ms": hop_table,
     }
     out = cfg.paths.state / "bench"

@@ -39,7 +39,21 @@ async def grpc_warm(grpc_host: str, auth: str, action: str, n: int) -> list[floa
         return samples
 
 
-async def jetstream_publish_rate(cfg: SquallConfig, n: int = 2000) -> float:
+WINDOW_S = 0.5   # rates are counted per window of this length: their samples
+
+
+def per_window(stamps: list[float], started: float, seconds: float) -> list[float]:
+    """Events per second in each whole window of WINDOW_S from started (a partial last one dropped)."""
+    counts = [0] * int(seconds / WINDOW_S)
+    for t in stamps:
+        k = int((t - started) / WINDOW_S)
+        if 0 <= k < len(counts):
+            counts[k] += 1
+    return [c / WINDOW_S for c in counts]
+
+
+async def jetstream_publish_rate(cfg: SquallConfig, seconds: float = 3.0) -> list[float]:
+    """Publish-with-ack per second from one client, one publish at a time: per-window samples."""
     nc = await bus.connect(cfg.nats, "bench")
     js = nc.jetstream()
     stream = f"BENCH_{uuid.uuid4().hex[:6]}"
@@ -49,32 +63,34 @@ async def jetstream_publish_rate(cfg: SquallConfig, n: int = 2000) -> float:
         payload = b"x" * 300   # about an activation message's size
         for _ in range(50):
             await js.publish(f"bench.{stream}", payload)
+        stamps: list[float] = []
         started = time.perf_counter()
-        for _ in range(n):
+        while time.perf_counter() < started + seconds:
             await js.publish(f"bench.{stream}", payload)
-        return n / (time.perf_counter() - started)
+            stamps.append(time.perf_counter())
+        return per_window(stamps, started, seconds)
     finally:
         await js.delete_stream(stream)
         await nc.close()
 
 
 async def throughput(apihost: str, auth: str, actions: list[str], seconds: float, concurrency: int,
-                     cpu_ms: dict[str, float] | None = None) -> float:
-    """Completed warm blocking invocations per second: one caller per action (so each has its warm
-    container and none waits for a cold start), `concurrency` callers in all. With cpu_ms, fills
-    it with the CPU ms each kind of process spent per invocation while they ran (after warm-up)."""
+                     cpu_ms: dict[str, float] | None = None) -> list[float]:
+    """Completed warm blocking invocations per second, per window: one caller per action (so each
+    has its warm container and none waits for a cold start), `concurrency` callers in all. With
+    cpu_ms, fills it with the CPU ms each kind of process spent per invocation while they ran
+    (after warm-up)."""
     user, key = auth.split(":", 1)
-    done = 0
+    completed: list[float] = []
     stop = time.perf_counter() + seconds
 
     async def caller(session: aiohttp.ClientSession, i: int) -> None:
-        nonlocal done
         action = actions[i % len(actions)]
         while time.perf_counter() < stop:
             async with session.post(f"{apihost}/api/v1/namespaces/_/actions/{action}?blocking=true", json={}) as r:
                 await r.read()
                 if r.status == 200:
-                    done += 1
+                    completed.append(time.perf_counter())
 
     async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(user, key),
                                      connector=aiohttp.TCPConnector(limit=concurrency)) as session:
@@ -86,11 +102,10 @@ async def throughput(apihost: str, auth: str, actions: list[str], seconds: float
         started = time.perf_counter()
         stop = started + seconds
         await asyncio.gather(*(caller(session, i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-        if cpu_ms is not None and done:
-            cpu_ms.update({role: (used - cpu_before.get(role, 0.0)) * 1000 / done
+        if cpu_ms is not None and completed:
+            cpu_ms.update({role: (used - cpu_before.get(role, 0.0)) * 1000 / len(completed)
                            for role, used in cpu_seconds().items()})
-        return done / elapsed
+        return per_window(completed, started, seconds)
 
 
 def actions_homed(namespace: str, invokers: list[int], count: int, home_of) -> list[str]:
@@ -189,7 +204,7 @@ HOP_ROWS = (
 )
 
 
-def edge_scaling(cfg, auth: str, actions: list[str], seconds: float) -> dict[str, float]:
+def edge_scaling(cfg, auth: str, actions: list[str], seconds: float) -> dict[str, list[float]]:
     """Throughput through one edge worker, then two sharing the port (SO_REUSEPORT), side by side
     in one run: edges of the bench's own on a spare port, in front of the stack's controller."""
     import os
@@ -202,7 +217,7 @@ def edge_scaling(cfg, auth: str, actions: list[str], seconds: float) -> dict[str
     env = {**os.environ, **cfg.env(), "SQUALL_EDGE_PORT": str(port), "SQUALL_EDGE_WORKERS": "2",
            "SQUALL_EDGE_METRICS_PORT": "0"}
     apihost = f"http://{cfg.edge.host}:{port}"
-    rates: dict[str, float] = {}
+    rates: dict[str, list[float]] = {}
     procs: list[subprocess.Popen] = []
     try:
         for workers in (1, 2):
