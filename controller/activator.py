@@ -136,9 +136,11 @@ class Activator:
     # Invoking
 
     async def invoke(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
-                     blocking: bool, wait_s: float) -> tuple[str, bytes | None]:
+                     blocking: bool, wait_s: float, params_json: bytes = b"") -> tuple[str, bytes | None]:
         """Start an activation of whatever kind; with blocking, wait up to wait_s for its record.
-        Returns the activation id and the record (None when not waited for or not done)."""
+        Returns the activation id and the record (None when not waited for or not done).
+        params_json: params as the caller sent them (a JSON object), passed on as they are when
+        there are no defaults to merge, rather than encoded again."""
         self._throttles.admit_invoke(user_ns)
         merged = self.merge(resolved, params)
         if self._composite(resolved):
@@ -153,7 +155,10 @@ class Activator:
             except asyncio.TimeoutError:
                 return activation_id, None
             return activation_id, _dumps(record)
-        activation_id, waiter = await self._publish(identity, resolved, merged, user_ns, "", blocking)
+        # (UTF-8 without a byte order mark only: json.loads accepts others, the proxies may not)
+        as_sent = params_json if (not resolved.defaults and params_json.lstrip()[:1] == b"{"
+                                  and b"\x00" not in params_json[:4]) else None
+        activation_id, waiter = await self._publish(identity, resolved, merged, user_ns, "", blocking, as_sent)
         if waiter is None:
             return activation_id, None
         with self._metrics.hops.labels("wait").time():
@@ -195,12 +200,13 @@ class Activator:
         return resolved.kind == "sequence" or entities.annotation(resolved.doc, "conductor") is True
 
     async def _publish(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
-                       cause: str, blocking: bool) -> tuple[str, asyncio.Future | None]:
+                       cause: str, blocking: bool, params_json: bytes | None = None
+                       ) -> tuple[str, asyncio.Future | None]:
         activation_id = uuid.uuid4().hex
         message = pb.ActivationMessage(
             activation_id=activation_id, transaction_id=activation_id,
             namespace=resolved.namespace, name=resolved.name, revision=revision(resolved.doc),
-            subject=identity.subject, user_namespace=user_ns, params_json=_dumps(params),
+            subject=identity.subject, user_namespace=user_ns, params_json=params_json or _dumps(params),
             blocking=blocking, controller=self._address, api_key=identity.key,
             submitted_ms=_now_ms(), cause=cause, path=resolved.path)
         memory = resolved.doc.get("limits", {}).get("memory", 256)

@@ -335,7 +335,7 @@ class SquallService(pb_grpc.SquallServicer):
             wait_s = min(wait_s, request.wait_ms / 1000)
         activation_id, record = await self._activator.invoke(
             identity, resolved, params, identity.default_namespace if ns not in identity.namespaces else ns,
-            request.blocking, wait_s)
+            request.blocking, wait_s, request.params_json)
         if record is None:
             return pb.InvokeReply(activation_id=activation_id, done=False)
         response = json.loads(record).get("response", {})

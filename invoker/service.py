@@ -174,9 +174,7 @@ class Invoker:
         exec_ = action["exec"]
         limits = action["limits"]
         info = ActionInfo(am.namespace, am.name, action["version"], exec_["kind"], limits, action.get("publish", False))
-        params = {p["key"]: p["value"] for p in action.get("parameters", [])}
-        params.update(json.loads(am.params_json or b"{}"))
-        job = self._job(am, action, params)
+        job = self._job(am, action, self._value_json(am, action))
         if job is None:
             resp = records.response(records.DEVELOPER_ERROR, {"error": f"Unsupported kind '{exec_['kind']}'."})
             return await self._marked(am, records.record(am, info, resp, None, started, _now_ms()))
@@ -210,7 +208,19 @@ class Invoker:
         revision = await self._marks.begin(am.activation_id, self._id)
         return None if revision is None else (record, revision)
 
-    def _job(self, am: pb.ActivationMessage, action: dict, params: dict) -> Job | None:
+    @staticmethod
+    def _value_json(am: pb.ActivationMessage, action: dict) -> bytes:
+        """The parameters the action runs with, as JSON. The controller merged the action's
+        defaults already; they are merged again only when the action has any (a composition's
+        step may come without them), so a large payload is otherwise passed on as it came, not
+        parsed and encoded again."""
+        if not action.get("parameters"):
+            return am.params_json or b"{}"
+        params = {p["key"]: p["value"] for p in action["parameters"]}
+        params.update(json.loads(am.params_json or b"{}"))
+        return json.dumps(params).encode()
+
+    def _job(self, am: pb.ActivationMessage, action: dict, value_json: bytes) -> Job | None:
         exec_ = action["exec"]
         limits = action["limits"]
         if exec_["kind"] == "blackbox":
@@ -226,14 +236,15 @@ class Invoker:
             "name": am.name, "main": exec_.get("main", "main"), "code": exec_.get("code", ""),
             "binary": exec_.get("binary", False), "env": {}}}
         run = {
-            "value": params, "namespace": am.user_namespace, "action_name": fqn,
+            "namespace": am.user_namespace, "action_name": fqn,
             "action_version": action["version"], "activation_id": am.activation_id,
             "transaction_id": am.transaction_id, "deadline": str(deadline), "api_key": am.api_key,
         }
         return Job(
             key=ActionKey(am.namespace, am.name, am.revision, limits["memory"]),
             kind=kind, image=image,
-            init_body=json.dumps(init).encode(), run_body=json.dumps(run).encode(),
+            init_body=json.dumps(init).encode(),
+            run_body=b'{"value":' + value_json + b"," + json.dumps(run)[1:].encode(),
             timeout_s=limits["timeout"] / 1000, concurrency=limits.get("concurrency", 1),
             log_limit_bytes=limits.get("logs", 10) * 1024 * 1024,
         )

@@ -112,6 +112,21 @@ def test_parameters_override_defaults_and_update_bumps_version(api, stack, uniqu
     assert r.status_code == 409
 
 
+@pytest.mark.parametrize("body", [
+    b'  {\n  "a": 1,\n  "nested": {"b": [1, 2.5, null]},\n  "s": "\\u00e9t\\u00e9"\n}\n',   # as sent: passed on
+    '{"a": 1, "nested": {"b": [1, 2.5, null]}, "s": "\u00e9t\u00e9"}'.encode("utf-8-sig"),    # re-encoded
+    '{"a": 1, "nested": {"b": [1, 2.5, null]}, "s": "\u00e9t\u00e9"}'.encode("utf-16"),       # re-encoded
+])
+def test_parameters_reach_the_action_however_the_json_was_written(api, stack, unique, body):
+    """Parameters without defaults to merge go to the action as the caller wrote them, not parsed
+    and encoded again; JSON a proxy might not read (a byte order mark, UTF-16) is encoded again."""
+    create(api, stack, unique, "python:3", "def main(args):\n    return {'got': args}\n")
+    r = api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true&result=true"), data=body,
+                 headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["got"] == {"a": 1, "nested": {"b": [1, 2.5, None]}, "s": "\u00e9t\u00e9"}
+
+
 def test_delete(api, stack, unique):
     create(api, stack, unique, "nodejs", JS_HELLO)
     assert api.delete(stack.url(f"/namespaces/_/actions/{unique}")).status_code == 200
