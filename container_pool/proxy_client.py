@@ -48,6 +48,18 @@ class ProxyClient:
         if self._session is not None:
             await self._session.close()
 
+    async def _body(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body, or its first max_body + 1 bytes if it is longer (enough to tell the
+        action its result was too large). One read returns only what has arrived so far."""
+        chunks, size = [], 0
+        while size <= self._max_body:
+            chunk = await resp.content.read(self._max_body + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
     async def post(self, address: str, path: str, body: bytes, timeout_s: float,
                    connect_retry_s: float = 0.0) -> ProxyReply:
         """POST body; while the proxy is still starting, retry refused connections for connect_retry_s."""
@@ -62,8 +74,7 @@ class ProxyClient:
                         f"http://{address}{path}", data=body,
                         headers={"Content-Type": "application/json"},
                         timeout=aiohttp.ClientTimeout(total=remaining)) as resp:
-                    data = await resp.content.read(self._max_body + 1)
-                    return ProxyReply(resp.status, data)
+                    return ProxyReply(resp.status, await self._body(resp))
             except asyncio.TimeoutError:
                 raise ProxyTimeout() from None
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:

@@ -127,6 +127,22 @@ def test_parameters_reach_the_action_however_the_json_was_written(api, stack, un
     assert r.json()["got"] == {"a": 1, "nested": {"b": [1, 2.5, None]}, "s": "\u00e9t\u00e9"}
 
 
+@pytest.mark.parametrize("kind, code", [
+    ("python:3", "def main(a):\n    return {'items': [{'id': i, 'name': 'item-%d' % i} for i in range(a['n'])]}\n"),
+    ("nodejs", "function main(a) { return {items: Array.from({length: a.n}, (_, i) => ({id: i, name: 'item-' + i}))}; }"),
+])
+def test_large_results_arrive_whole_and_too_large_ones_are_refused(api, stack, unique, kind, code):
+    """A result of several hundred KB reaches the caller whole (the proxy's reply arrives in many
+    pieces); one over the 1 MB limit is the action developer's error, as in OpenWhisk."""
+    create(api, stack, unique, kind, code)
+    url = stack.url(f"/namespaces/_/actions/{unique}?blocking=true&result=true")
+    r = api.post(url, json={"n": 20000})
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.content) > 500_000 and r.json()["items"][-1] == {"id": 19999, "name": "item-19999"}
+    r = api.post(url, json={"n": 60000})
+    assert r.status_code == 502 and "exceeded the allowed length" in r.json()["error"], r.text[:300]
+
+
 def test_delete(api, stack, unique):
     create(api, stack, unique, "nodejs", JS_HELLO)
     assert api.delete(stack.url(f"/namespaces/_/actions/{unique}")).status_code == 200
