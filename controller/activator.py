@@ -33,6 +33,7 @@ from squall.config import SquallConfig
 from squall.marks import Marks
 from squall.metrics import ControllerMetrics
 from squall.errors import BadRequest, Forbidden, NotFound, SquallError, Unavailable
+from squall.jsonbytes import as_sent
 from squall.store import Store, revision
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,8 @@ class Activator:
             except asyncio.TimeoutError:
                 return activation_id, None
             return activation_id, _dumps(record)
-        # (UTF-8 without a byte order mark only: json.loads accepts others, the proxies may not)
-        as_sent = params_json if (not resolved.defaults and params_json.lstrip()[:1] == b"{"
-                                  and b"\x00" not in params_json[:4]) else None
-        activation_id, waiter = await self._publish(identity, resolved, merged, user_ns, "", blocking, as_sent)
+        raw = params_json if not resolved.defaults and as_sent(params_json) else None
+        activation_id, waiter = await self._publish(identity, resolved, merged, user_ns, "", blocking, raw)
         if waiter is None:
             return activation_id, None
         with self._metrics.hops.labels("wait").time():

@@ -13,6 +13,7 @@ from typing import Any
 
 from container_pool.pool import Outcome
 from proto import squall_pb2 as pb
+from squall.jsonbytes import as_sent
 
 SUCCESS, APPLICATION_ERROR, DEVELOPER_ERROR, WHISK_ERROR = 0, 1, 2, 3
 STATUS = {
@@ -83,8 +84,27 @@ class ActionInfo:
         return f"{self.namespace}/{self.name}"
 
 
+def raw_result(outcome: Outcome | None, resp: dict) -> bytes | None:
+    """A successful result as the action's proxy wrote it, to go into the record as it is
+    instead of being encoded again (a large result costs milliseconds a pass); else None."""
+    reply = outcome.run_reply if outcome is not None else None
+    if resp["statusCode"] != SUCCESS or reply is None or not as_sent(reply.body):
+        return None
+    return reply.body
+
+
+def encode(record: dict, raw: bytes | None = None) -> bytes:
+    """The record as compact JSON; with raw, its response's result is those bytes."""
+    if raw is None:
+        return json.dumps(record, separators=(",", ":")).encode()
+    response = record["response"]
+    head = json.dumps({k: v for k, v in record.items() if k != "response"}, separators=(",", ":"))
+    fields = json.dumps({k: v for k, v in response.items() if k != "result"}, separators=(",", ":"))
+    return b"".join((head[:-1].encode(), b',"response":', fields[:-1].encode(), b',"result":', raw, b"}}"))
+
+
 def record(msg: pb.ActivationMessage, action: ActionInfo, resp: dict, outcome: Outcome | None,
-           start_ms: int, end_ms: int) -> dict:
+           start_ms: int, end_ms: int, raw: bytes | None = None) -> dict:
     annotations = [
         {"key": "path", "value": msg.path or action.path},
         {"key": "waitTime", "value": max(start_ms - msg.submitted_ms, 0)},
@@ -108,7 +128,7 @@ def record(msg: pb.ActivationMessage, action: ActionInfo, resp: dict, outcome: O
         "end": end_ms,
         "duration": max(end_ms - start_ms, 0),
         "statusCode": resp["statusCode"],
-        "response": {**resp, "size": len(json.dumps(resp["result"], separators=(",", ":")))},
+        "response": {**resp, "size": len(raw) if raw is not None else len(json.dumps(resp["result"], separators=(",", ":")))},
         "logs": outcome.logs if outcome else [],
         "annotations": annotations,
         "publish": action.publish,

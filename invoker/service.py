@@ -106,9 +106,9 @@ class Invoker:
                     # its count of deliveries (seen in the fault suite). It started: not again.
                     record = await self._earlier_outcome(am)
                 else:
-                    record, revision = outcome
+                    record, revision, raw = outcome
                     self._observe(record, time.perf_counter() - picked_up)
-                    await self._finish(am, record, revision)   # (completes it too, before Cassandra's write)
+                    await self._finish(am, record, revision, raw)   # (completes it too, before Cassandra's write)
                     ran = True
             await msg.ack()
         except Exception:
@@ -119,13 +119,13 @@ class Invoker:
         if not ran:
             await self._complete(am, _dumps(record), record)
 
-    async def _finish(self, am: pb.ActivationMessage, record: dict, revision: int) -> None:
+    async def _finish(self, am: pb.ActivationMessage, record: dict, revision: int, raw: bytes | None) -> None:
         """Make a new record durable, tell the controller, store it in Cassandra. The record goes
         to the activation's mark first (JetStream, ~0.5 ms), so the caller hears the result
         before the slower Cassandra write, and a redelivery or a takeover after a crash finds the
         record there. If a takeover settled the activation meanwhile (this invoker was cut off,
-        say), that outcome stands and this record yields."""
-        body = _dumps(record)
+        say), that outcome stands and this record yields. (raw: its result as the action wrote it.)"""
+        body = records.encode(record, raw)
         with self._metrics.hops.labels("finish").time():
             kept = await self._until_stored(lambda: self._marks.finished(am.activation_id, body, revision),
                                             am.activation_id, "keeping the record with its mark")
@@ -162,9 +162,10 @@ class Invoker:
         await self._store_record(record, am.activation_id)
         return record
 
-    async def _activate(self, am: pb.ActivationMessage) -> tuple[dict, int] | None:
-        """Run it: its record and the revision of its started mark; None if it was marked
-        started already (do not run it again)."""
+    async def _activate(self, am: pb.ActivationMessage) -> tuple[dict, int, bytes | None] | None:
+        """Run it: its record, the revision of its started mark and its result as the action
+        wrote it (see records.raw_result); None if it was marked started already (do not run it
+        again)."""
         started = _now_ms()
         action = await self._until_stored(lambda: self._action(am), am.activation_id, "reading the action")
         if action is None:
@@ -193,20 +194,21 @@ class Invoker:
                 self._metrics.hops.labels(hop).observe(seconds)
         except ImageUnavailable as exc:
             resp = records.response(records.DEVELOPER_ERROR, {"error": str(exc)})
-            return records.record(am, info, resp, None, started, _now_ms()), revision
+            return records.record(am, info, resp, None, started, _now_ms()), revision, None
         except Exception as exc:
             log.exception("container failure", extra={"activation_id": am.activation_id})
             resp = records.response(records.WHISK_ERROR, {"error": f"Failed to run the action: {exc}"})
-            return records.record(am, info, resp, None, started, _now_ms()), revision
+            return records.record(am, info, resp, None, started, _now_ms()), revision, None
         resp = records.interpret(outcome, limits["timeout"], self._cfg.limits.payload_max_bytes)
         start = outcome.run_start_ms - (outcome.init_ms or 0) if outcome.run_start_ms else started
         end = outcome.run_end_ms or _now_ms()
-        return records.record(am, info, resp, outcome, start, end), revision
+        raw = records.raw_result(outcome, resp)
+        return records.record(am, info, resp, outcome, start, end, raw), revision, raw
 
-    async def _marked(self, am: pb.ActivationMessage, record: dict) -> tuple[dict, int] | None:
+    async def _marked(self, am: pb.ActivationMessage, record: dict) -> tuple[dict, int, None] | None:
         """An outcome reached without running anything, under a started mark like any other."""
         revision = await self._marks.begin(am.activation_id, self._id)
-        return None if revision is None else (record, revision)
+        return None if revision is None else (record, revision, None)
 
     @staticmethod
     def _value_json(am: pb.ActivationMessage, action: dict) -> bytes:

@@ -244,3 +244,21 @@ def test_recorder_batches_what_queues_up_and_fails_every_record_of_a_failed_batc
         await recorder.close()
 
     asyncio.run(scenario())
+
+
+def test_a_record_with_its_result_as_the_action_wrote_it_is_the_same_json():
+    from squall.jsonbytes import as_sent
+    body = b'{"items": [1, 2.5, {"a": "\\u00e9"}], "ok": true}'
+    outcome = _outcome(body=body)
+    resp = records.interpret(outcome, 1000, 1 << 20)
+    raw = records.raw_result(outcome, resp)
+    assert raw == body
+    msg = records.pb.ActivationMessage(activation_id="a1", namespace="ns", name="act", user_namespace="ns")
+    info = records.ActionInfo("ns", "act", "0.0.1", "python:3", {})
+    record = records.record(msg, info, resp, outcome, 1, 2, raw)
+    assert json.loads(records.encode(record, raw)) == json.loads(records.encode(record)) == record
+    assert record["response"]["size"] == len(body)
+    # Not passed on as written: an application error (rebuilt), UTF-16, a byte order mark.
+    assert records.raw_result(_outcome(body=b'{"error": "no"}'), records.interpret(_outcome(body=b'{"error": "no"}'), 1000, 1 << 20)) is None
+    assert not as_sent('{"a": 1}'.encode("utf-16")) and not as_sent('{"a": 1}'.encode("utf-8-sig"))
+    assert as_sent(b' \n{"a": 1}')

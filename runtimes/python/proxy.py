@@ -136,7 +136,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _reply(self, status: int, doc: object) -> None:
-        data = json.dumps(doc).encode()
+        data = json.dumps(doc, separators=(",", ":")).encode()   # compact: the invoker passes it on as is
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
