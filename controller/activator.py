@@ -26,7 +26,7 @@ from controller.auth import Identity
 from controller.balancer import Balancer
 from controller.cache import EntityCache
 from controller.throttles import Throttles
-from controller.waiters import Waiters
+from controller.waiters import Completed, Waiters
 from proto import squall_pb2 as pb
 from squall.bus import invoker_subject
 from squall.config import SquallConfig
@@ -137,7 +137,7 @@ class Activator:
     # Invoking
 
     async def invoke(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
-                     blocking: bool, wait_s: float, params_json: bytes = b"") -> tuple[str, bytes | None]:
+                     blocking: bool, wait_s: float, params_json: bytes = b"") -> tuple[str, Completed | None]:
         """Start an activation of whatever kind; with blocking, wait up to wait_s for its record.
         Returns the activation id and the record (None when not waited for or not done).
         params_json: params as the caller sent them (a JSON object), passed on as they are when
@@ -155,7 +155,7 @@ class Activator:
                 record = await asyncio.wait_for(asyncio.shield(task), wait_s)
             except asyncio.TimeoutError:
                 return activation_id, None
-            return activation_id, _dumps(record)
+            return activation_id, Completed(_dumps(record))
         raw = params_json if not resolved.defaults and as_sent(params_json) else None
         activation_id, waiter = await self._publish(identity, resolved, merged, user_ns, "", blocking, raw)
         if waiter is None:
@@ -166,7 +166,7 @@ class Activator:
             # A completion may have gone missing while the record was stored: look once. (If the
             # store is down, the caller still gets the activation id: the activation is accepted.)
             stored = await self._reachable_record(activation_id)
-            record = _dumps(stored) if stored else None
+            record = Completed(_dumps(stored)) if stored else None
         return activation_id, record
 
     async def _reachable_record(self, activation_id: str) -> dict | None:
@@ -254,7 +254,7 @@ class Activator:
                 return activation_id, {"response": response(WHISK_ERROR, {
                     "error": "The component did not complete in time."})}
             return activation_id, stored
-        return activation_id, json.loads(record)
+        return activation_id, json.loads(record.record)
 
     # Compositions
 

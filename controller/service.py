@@ -22,7 +22,7 @@ from controller.auth import Authenticator, Identity
 from controller.balancer import Balancer
 from controller.throttles import Throttles
 from controller.web import WebActions
-from controller.waiters import Waiters
+from controller.waiters import Completed, Waiters
 from proto import squall_pb2 as pb
 from proto import squall_pb2_grpc as pb_grpc
 from squall.config import SquallConfig
@@ -158,7 +158,7 @@ class SquallService(pb_grpc.SquallServicer):
         body = {**params, "lifecycleEvent": event, "triggerName": f"/{ns}/{trigger}", "authKey": identity.key}
         _, record = await self._activator.invoke(identity, resolved, body, identity.default_namespace, True,
                                                  self._cfg.controller.blocking_wait_s)
-        response = json.loads(record)["response"] if record else {"success": False, "result": {"error": "timeout"}}
+        response = json.loads(record.record)["response"] if record else {"success": False, "result": {"error": "timeout"}}
         return None if response.get("success") else str(response.get("result", {}).get("error", response))
 
     async def _build(self, identity: Identity, ns: str, collection: str, name: str, body: dict,
@@ -338,12 +338,11 @@ class SquallService(pb_grpc.SquallServicer):
             request.blocking, wait_s, request.params_json)
         if record is None:
             return pb.InvokeReply(activation_id=activation_id, done=False)
-        response = json.loads(record).get("response", {})
-        reply = pb.InvokeReply(activation_id=activation_id, done=True, status_code=response.get("statusCode", 3))
+        reply = pb.InvokeReply(activation_id=activation_id, done=True, status_code=record.status())
         if request.result_only:
-            reply.result_json = _dumps(response.get("result", {}))
+            reply.result_json = record.result()
         else:
-            reply.activation_json = record
+            reply.activation_json = record.record
         return reply
 
     @_rpc
@@ -450,4 +449,5 @@ class Completions:
         status = completion.status_code
         self._balancer.completed(completion.activation_id, completion.invoker, status)
         self._metrics.completed.labels(STATUS_NAMES.get(status, "unknown")).inc()
-        self._waiters.complete(completion.activation_id, completion.activation_json)
+        self._waiters.complete(completion.activation_id, Completed(
+            completion.activation_json, completion.status_code, completion.result_at))

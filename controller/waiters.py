@@ -11,27 +11,46 @@ import asyncio
 import collections
 import json
 import time
+from typing import NamedTuple
 
 RECENT_S = 10.0        # records are in Cassandra well within this, unless it is down
 RECENT_MAX = 10_000
 
 
+class Completed(NamedTuple):
+    """An activation's record as JSON, with what its completion told of it."""
+    record: bytes
+    status_code: int = -1   # response.statusCode; -1: unknown (read the record)
+    result_at: int = 0      # where the result begins when the record ends with it; 0: unknown
+
+    def status(self) -> int:
+        if self.status_code >= 0:
+            return self.status_code
+        return json.loads(self.record).get("response", {}).get("statusCode", 3)
+
+    def result(self) -> bytes:
+        """The result as JSON: sliced out when its place is known, else parsed out."""
+        if self.result_at:
+            return self.record[self.result_at:-2]
+        return json.dumps(json.loads(self.record).get("response", {}).get("result", {}), separators=(",", ":")).encode()
+
+
 class Waiters:
     def __init__(self) -> None:
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._pending: dict[str, asyncio.Future[Completed]] = {}
         self._recent: collections.OrderedDict[str, tuple[float, bytes]] = collections.OrderedDict()
 
-    def expect(self, activation_id: str) -> asyncio.Future[bytes]:
+    def expect(self, activation_id: str) -> asyncio.Future[Completed]:
         fut = asyncio.get_running_loop().create_future()
         self._pending[activation_id] = fut
         return fut
 
-    def complete(self, activation_id: str, activation_json: bytes) -> bool:
-        self._remember(activation_id, activation_json)
+    def complete(self, activation_id: str, completed: Completed) -> bool:
+        self._remember(activation_id, completed.record)
         fut = self._pending.pop(activation_id, None)
         if fut is None or fut.done():
             return False
-        fut.set_result(activation_json)
+        fut.set_result(completed)
         return True
 
     def forget(self, activation_id: str) -> None:
@@ -39,7 +58,7 @@ class Waiters:
         if fut is not None and not fut.done():
             fut.cancel()
 
-    async def wait(self, activation_id: str, fut: asyncio.Future[bytes], seconds: float) -> bytes | None:
+    async def wait(self, activation_id: str, fut: asyncio.Future[Completed], seconds: float) -> Completed | None:
         """The activation record, or None when the wait ran out."""
         try:
             return await asyncio.wait_for(asyncio.shield(fut), seconds)

@@ -69,7 +69,7 @@ class WebActions:
         if record is None:
             return WebResponse(202, {"Content-Type": "application/json", **CORS},
                                json.dumps({"activationId": activation_id}).encode())
-        resp = json.loads(record)["response"]
+        resp = json.loads(record.record)["response"]
         result = resp.get("result") or {}
         if not resp.get("success"):
             status = 400 if resp.get("statusCode") == 1 else 502

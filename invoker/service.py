@@ -132,7 +132,8 @@ class Invoker:
         if not kept:
             log.warning("settled elsewhere while it ran here: its record yields", extra={"activation_id": am.activation_id})
             return
-        await self._complete(am, body, record)
+        # (encode puts a raw result last: '..."result":<raw>}}')
+        await self._complete(am, body, record, len(body) - len(raw) - 2 if raw is not None else 0)
         await self._store_record(record, am.activation_id, body)
         with contextlib.suppress(Exception):   # only keeps the bucket small
             await self._marks.stored(am.activation_id)
@@ -288,7 +289,7 @@ class Invoker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _complete(self, am: pb.ActivationMessage, record_json: bytes, record: dict) -> None:
+    async def _complete(self, am: pb.ActivationMessage, record_json: bytes, record: dict, result_at: int = 0) -> None:
         """Tell the controller that published it (core NATS, fire and forget: a completion that
         gets lost leaves its caller to read the record)."""
         if not am.controller:
@@ -296,7 +297,7 @@ class Invoker:
         with contextlib.suppress(Exception), self._metrics.hops.labels("complete").time():
             await self._nc.publish(completion_subject(self._cfg.nats, am.controller), pb.Completion(
                 activation_id=am.activation_id, invoker=self._id, activation_json=record_json,
-                status_code=record["response"]["statusCode"]).SerializeToString())
+                status_code=record["response"]["statusCode"], result_at=result_at).SerializeToString())
 
 
 async def _keep_alive(msg: Msg, every: float) -> None:

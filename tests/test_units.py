@@ -258,6 +258,12 @@ def test_a_record_with_its_result_as_the_action_wrote_it_is_the_same_json():
     record = records.record(msg, info, resp, outcome, 1, 2, raw)
     assert json.loads(records.encode(record, raw)) == json.loads(records.encode(record)) == record
     assert record["response"]["size"] == len(body)
+    # The controller slices the result out where the invoker says it begins, or parses it out.
+    from controller.waiters import Completed
+    encoded = records.encode(record, raw)
+    assert Completed(encoded, 0, len(encoded) - len(raw) - 2).result() == body
+    assert json.loads(Completed(records.encode(record)).result()) == json.loads(body)
+    assert Completed(records.encode(record)).status() == records.SUCCESS
     # Not passed on as written: an application error (rebuilt), UTF-16, a byte order mark.
     assert records.raw_result(_outcome(body=b'{"error": "no"}'), records.interpret(_outcome(body=b'{"error": "no"}'), 1000, 1 << 20)) is None
     assert not as_sent('{"a": 1}'.encode("utf-16")) and not as_sent('{"a": 1}'.encode("utf-8-sig"))
