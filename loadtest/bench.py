@@ -40,6 +40,8 @@ from squall import wskprops
 from squall.stack import running_config
 
 ACTION = "import socket\ndef main(args):\n    return {'host': socket.gethostname()}\n"
+LARGE = ("ITEMS = [{'id': i, 'name': 'item-%d' % i, 'tags': ['a', 'b'], 'v': i * 0.5} for i in range(12000)]\n"
+         "def main(args):\n    return {'items': ITEMS} if args.get('give') else {'n': len(args.get('items', []))}\n")
 
 
 @dataclass
@@ -223,6 +225,26 @@ class Bench:
             direct.add((time.perf_counter() - started) * 1000)
         return warm, direct, hotpath.hop_means(before, hotpath.hop_totals(processes))
 
+    def large(self, n: int) -> tuple[Figure, Figure]:
+        """Blocking invokes (result only) of one warm action: with ~0.8 MB of structured
+        parameters and a small result, then with small parameters and a ~0.7 MB result."""
+        payload, result = Figure("0.8 MB parameters, blocking, result"), Figure("0.7 MB result, blocking, result")
+        name = f"bench-{uuid.uuid4().hex[:10]}"
+        self.edge.put(self.api + name, json={"exec": {"kind": "python:3", "code": LARGE}}).raise_for_status()
+        self.created.append(name)
+        items = json.dumps({"items": [{"id": i, "name": f"item-{i}", "tags": ["a", "b"], "v": i * 0.5}
+                                      for i in range(12000)]}).encode()
+        for figure, body in ((payload, items), (result, b'{"give": true}')):
+            for i in range(n + 3):                                   # 3 of warm-up
+                started = time.perf_counter()
+                r = self.edge.post(self.api + name + "?blocking=true&result=true", data=body,
+                                   headers={"Content-Type": "application/json"})
+                ms = (time.perf_counter() - started) * 1000
+                r.raise_for_status()
+                if i >= 3:
+                    figure.add(ms)
+        return payload, result
+
     def unpaused(self, n: int) -> Figure:
         fig = Figure("unpaused invocation, end to end")
         name = self.create(memory=256)
@@ -235,9 +257,9 @@ class Bench:
         return fig
 
 
-def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
-    """gRPC warm invokes, JetStream's publish rate, throughput with one and with all invokers, and
-    the Cassandra record writes those runs caused."""
+def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[dict[str, Figure], dict]:
+    """gRPC warm invokes, large parameters and results, JetStream's publish rate, throughput with
+    one and with all invokers, and the Cassandra record writes those runs caused."""
     import asyncio
     props = wskprops.read(cfg.paths.state / "wskprops")
     invokers = [i["id"] for i in bench.edge.get(props["APIHOST"] + "/api/v1/invokers").json() if i["status"] == "healthy"]
@@ -246,6 +268,8 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
     name = bench.create(memory=256)
     for ms in asyncio.run(hotpath.grpc_warm(props["GRPCHOST"], props["AUTH"], name, args.samples)):
         grpc.add(ms)
+    figures = {"grpc": grpc}
+    figures["payload"], figures["result"] = bench.large(max(args.samples // 4, 3))
     rates: dict[str, Rates | float | None] = {}
     rates["jetstream publish-with-ack per s"] = Rates(asyncio.run(hotpath.jetstream_publish_rate(cfg)))
     ports = [cfg.invoker.metrics_endpoint(i) for i in invokers]
@@ -269,7 +293,7 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[Figure, dict]:
     after = hotpath.record_write_histogram(ports)
     rates["Cassandra record write p50 ms"] = hotpath.quantile(before, after, 0.5)
     rates["Cassandra record write p99 ms"] = hotpath.quantile(before, after, 0.99)
-    return grpc, rates
+    return figures, rates
 
 
 TARGETS = (  # (ratio name, numerator, denominator, target, "max" or "report")
@@ -302,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["warm"], figures["direct"], hops = bench.warm_and_direct(args.samples, processes)
         figures["unpaused"] = bench.unpaused(args.samples)
         if not args.pool_only:
-            figures["grpc"], hot = hot_path(bench, cfg, args)
+            more, hot = hot_path(bench, cfg, args)
+            figures.update(more)
     finally:
         bench.cleanup()
 
