@@ -278,3 +278,65 @@ async def test_stem_cells_come_back_after_a_burst_filled_the_pool_with_idle_cont
     await settle(pool, timeout=3.0)                             # back, with no further job
     assert pool.snapshot() == {"idle": 1, "prewarmed": 1}
     await pool.stop()
+
+
+async def test_proxy_client_reads_every_reply_framing_and_reuses_only_clean_connections():
+    """The proxy client against a local peer (not a container) answering with Content-Length,
+    chunked, until close, and too large: whole bodies, the limit plus one byte at most, and a
+    kept-alive connection only after a complete reply."""
+    from container_pool.proxy_client import ProxyClient, ProxyRefused, ProxyTimeout, ProxyUnreachable
+    replies = {
+        b"/length": b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"a\": true}",
+        b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n7\r\n: true}\r\n0\r\n\r\n",
+        b"/close": b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n{\"error\": \"x\"}",
+        b"/big": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100,
+        b"/garbage": b"SSH-2.0-nope\r\n\r\n",
+    }
+    connections = 0
+
+    async def serve(reader, writer):
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                path = head.split(b" ")[1]
+                if path == b"/slow":
+                    await asyncio.sleep(5)
+                writer.write(replies[path])
+                await writer.drain()
+                if path in (b"/close", b"/garbage"):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    address = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    client = ProxyClient(max_body=50)
+    try:
+        for _ in range(2):
+            assert (await client.post(address, "/length", b"{}", 5)).body == b'{"a": true}'
+            assert (await client.post(address, "/chunked", b"{}", 5)).body == b'{"a": true}'
+        assert connections == 1                                   # kept alive throughout
+        reply = await client.post(address, "/close", b"{}", 5)
+        assert (reply.status, reply.body) == (502, b'{"error": "x"}')
+        assert len((await client.post(address, "/big", b"{}", 5)).body) == 51    # the limit plus one
+        assert connections == 2                                   # the first, closed by the peer
+        assert (await client.post(address, "/length", b"{}", 5)).status == 200
+        assert connections == 3                                   # the one cut short was not kept
+        with pytest.raises(ProxyUnreachable):
+            await client.post(address, "/garbage", b"{}", 5)
+        with pytest.raises(ProxyTimeout):
+            await client.post(address, "/slow", b"{}", 0.2)
+        assert (await client.post(address, "/length", b"{}", 5)).status == 200   # a fresh connection
+        server.close()
+        await server.wait_closed()
+        await client.close()
+        with pytest.raises(ProxyRefused):
+            await client.post(address, "/length", b"{}", 5)
+    finally:
+        server.close()
+        await client.close()
