@@ -94,13 +94,20 @@ def raw_result(outcome: Outcome | None, resp: dict) -> bytes | None:
 
 
 def encode(record: dict, raw: bytes | None = None) -> bytes:
-    """The record as compact JSON; with raw, its response's result is those bytes."""
+    """The record as compact JSON; with raw, its response's result is those bytes, last (see
+    result_at)."""
     if raw is None:
         return json.dumps(record, separators=(",", ":")).encode()
     response = record["response"]
     head = json.dumps({k: v for k, v in record.items() if k != "response"}, separators=(",", ":"))
     fields = json.dumps({k: v for k, v in response.items() if k != "result"}, separators=(",", ":"))
     return b"".join((head[:-1].encode(), b',"response":', fields[:-1].encode(), b',"result":', raw, b"}}"))
+
+
+def result_at(encoded: bytes, raw: bytes | None) -> int:
+    """Where the result begins in a record encoded with raw (it ends 2 bytes before the end:
+    the Completion's result_at); 0 without raw."""
+    return len(encoded) - len(raw) - 2 if raw is not None else 0
 
 
 def record(msg: pb.ActivationMessage, action: ActionInfo, resp: dict, outcome: Outcome | None,

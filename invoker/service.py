@@ -39,10 +39,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _dumps(record: dict) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode()
-
-
 class Invoker:
     def __init__(self, cfg: SquallConfig, store: Store, nc: NATS, pool: ContainerPool,
                  marks: Marks, metrics: InvokerMetrics):
@@ -117,7 +113,7 @@ class Invoker:
         finally:
             ticker.cancel()
         if not ran:
-            await self._complete(am, _dumps(record), record)
+            await self._complete(am, records.encode(record), record)
 
     async def _finish(self, am: pb.ActivationMessage, record: dict, revision: int, raw: bytes | None) -> None:
         """Make a new record durable, tell the controller, store it in Cassandra. The record goes
@@ -132,8 +128,7 @@ class Invoker:
         if not kept:
             log.warning("settled elsewhere while it ran here: its record yields", extra={"activation_id": am.activation_id})
             return
-        # (encode puts a raw result last: '..."result":<raw>}}')
-        await self._complete(am, body, record, len(body) - len(raw) - 2 if raw is not None else 0)
+        await self._complete(am, body, record, records.result_at(body, raw))
         await self._store_record(record, am.activation_id, body)
         with contextlib.suppress(Exception):   # only keeps the bucket small
             await self._marks.stored(am.activation_id)
@@ -157,7 +152,7 @@ class Invoker:
             # Begun before, by this invoker or one that died: at most once, so not again.
             record = records.failed(am, "The invoker running this activation failed before it "
                                         "completed; the action may have run partly.", _now_ms())
-            if not await self._marks.finished(am.activation_id, _dumps(record), mark.revision):
+            if not await self._marks.finished(am.activation_id, records.encode(record), mark.revision):
                 return await self._earlier_outcome(am)   # it finished meanwhile: that outcome
             log.warning("redelivered activation had started: recorded as failed", extra={"activation_id": am.activation_id})
         await self._store_record(record, am.activation_id)
@@ -270,7 +265,7 @@ class Invoker:
             self._metrics.container_starts.labels(start).inc()
 
     async def _store_record(self, record: dict, activation_id: str, body: bytes | None = None) -> None:
-        doc = (body or _dumps(record)).decode()
+        doc = (body or records.encode(record)).decode()
 
         async def put() -> None:
             with self._metrics.record_write.time(), self._metrics.hops.labels("record").time():

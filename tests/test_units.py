@@ -261,7 +261,7 @@ def test_a_record_with_its_result_as_the_action_wrote_it_is_the_same_json():
     # The controller slices the result out where the invoker says it begins, or parses it out.
     from controller.waiters import Completed
     encoded = records.encode(record, raw)
-    assert Completed(encoded, 0, len(encoded) - len(raw) - 2).result() == body
+    assert Completed(encoded, 0, records.result_at(encoded, raw)).result() == body
     assert json.loads(Completed(records.encode(record)).result()) == json.loads(body)
     assert Completed(records.encode(record)).status() == records.SUCCESS
     # Not passed on as written: an application error (rebuilt), UTF-16, a byte order mark.
