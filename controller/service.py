@@ -37,16 +37,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[..., Awaitable[Any]]
 
 
-def _status(service: "SquallService", exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
-    """A typed error's gRPC status; anything else is an internal error, logged."""
-    if isinstance(exc, SquallError):
-        if isinstance(exc, TooManyRequests):
-            service._metrics.throttled.labels(method).inc()
-        return exc.code, exc.message
-    log.error("internal error in %s", method, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "An internal error occurred."
-
-
 def _rpc(method: Handler) -> Handler:
     """Turn typed errors into gRPC statuses."""
     @functools.wraps(method)
@@ -56,7 +46,7 @@ def _rpc(method: Handler) -> Handler:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await context.abort(*_status(self, exc, method.__name__))
+            await context.abort(*self._status(exc, method.__name__))
     return wrapper
 
 
@@ -93,11 +83,21 @@ class SquallService(pb_grpc.SquallServicer):
         self.alarms = AlarmProvider(store, self._activator.fire)
         self._web = WebActions(self._activator, auth, cfg.controller.blocking_wait_s, cfg.limits.payload_max_bytes)
 
-    async def _identity(self, context: grpc.aio.ServicerContext | str | None) -> Identity:
-        """The caller, from a call's metadata (or from a streamed call's own credentials)."""
-        if context is None or isinstance(context, str):
-            return await self._auth.authenticate(context or None)
-        return await self._auth.authenticate(dict(context.invocation_metadata()).get("authorization"))
+    def _status(self, exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+        """A typed error's gRPC status; anything else is an internal error, logged."""
+        if isinstance(exc, SquallError):
+            if isinstance(exc, TooManyRequests):
+                self._metrics.throttled.labels(method).inc()
+            return exc.code, exc.message
+        log.error("internal error in %s", method, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, "An internal error occurred."
+
+    @staticmethod
+    def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+        return dict(context.invocation_metadata()).get("authorization")
+
+    async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
+        return await self._auth.authenticate(self._authorization(context))
 
     @staticmethod
     def _namespace(identity: Identity, namespace: str, owned: bool = True) -> str:
@@ -291,7 +291,7 @@ class SquallService(pb_grpc.SquallServicer):
     @_rpc
     async def Invoke(self, request, context):
         with self._metrics.hops.labels("invoke").time():
-            return await self._invoke(request, context)
+            return await self._invoke(request, self._authorization(context))
 
     async def InvokeStream(self, calls, context):
         """Invoke, for each call on the stream, each in a task of its own; results go back as
@@ -305,7 +305,7 @@ class SquallService(pb_grpc.SquallServicer):
                     reply = await self._invoke(call.request, call.authorization)
                 results.put_nowait(pb.InvokeResult(id=call.id, reply=reply))
             except Exception as exc:
-                code, details = _status(self, exc, "Invoke")
+                code, details = self._status(exc, "Invoke")
                 results.put_nowait(pb.InvokeResult(id=call.id, code=code.value[0], details=details))
 
         async def read() -> None:
@@ -324,8 +324,9 @@ class SquallService(pb_grpc.SquallServicer):
         finally:
             reader.cancel()   # the stream is gone: calls under way finish, their results have nowhere to go
 
-    async def _invoke(self, request, context):
-        identity = await self._identity(context)
+    async def _invoke(self, request: pb.InvokeRequest, authorization: str | None) -> pb.InvokeReply:
+        """Invoke, for a unary call or one on the stream (each with its own credentials)."""
+        identity = await self._auth.authenticate(authorization or None)
         ns = self._namespace(identity, request.namespace, owned=False)
         name = entities.validate_name(request.name, allow_package=True)
         params = _json_object(request.params_json, "parameters", self._cfg.limits.payload_max_bytes)
