@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 
 from controller.entities import system_action
 from controller.balancer import HEALTHY, UNHEALTHY, Balancer
-from invoker.records import failed
+from invoker.records import encode, failed
 from proto import squall_pb2 as pb
 from squall.bus import completion_subject, invoker_consumer, invoker_durable, invoker_subject
 from squall.config import SquallConfig
@@ -159,22 +159,23 @@ class InvokerSupervision:
             return
         mark = await self._marks.get(am.activation_id)
         if mark.started:
-            record = mark.record   # finished, its record not stored yet: store it
-            if record is None:
-                record = failed(am, f"The invoker {dead} running this activation failed before it completed; "
-                                    "the action may have run partly.", _now_ms())
+            # Finished, its record not stored yet: store it. Else it failed with its invoker.
+            record = mark.record or failed(am, f"The invoker {dead} running this activation failed before it "
+                                               "completed; the action may have run partly.", _now_ms())
+            body = encode(record)
+            if mark.record is None:
                 # Settled here unless its invoker finished it meanwhile (then that record stands).
-                if not await self._marks.finished(am.activation_id, json.dumps(record).encode(), mark.revision):
+                if not await self._marks.finished(am.activation_id, body, mark.revision):
                     return await self._settle(dead, msg)
                 log.warning("activation %s was running on dead invoker %d: recorded as failed", am.activation_id, dead)
-            await self._store.put_activation(record)
+            await self._store.put_activation(record, body.decode())
             await msg.ack()
             # As its invoker would have: to the controller that published it (this one or another
             # replica), which releases its throttle count and reservation and answers its caller.
             if am.controller:
                 await self._nc.publish(completion_subject(self._cfg.nats, am.controller), pb.Completion(
                     activation_id=am.activation_id, invoker=-1, status_code=record["response"]["statusCode"],
-                    activation_json=json.dumps(record, separators=(",", ":")).encode()).SerializeToString())
+                    activation_json=body).SerializeToString())
             return
         target = self._balancer.choose(am.namespace, am.name)
         if target is None or target == dead:
