@@ -144,8 +144,11 @@ class Store:
         return await done
 
     def _exec(self, name: str, *args: Any) -> ResponseFuture:
+        return self._submit(self._prepared[name], args)
+
+    def _submit(self, statement: Any, args: Any = None) -> ResponseFuture:
         try:
-            return self._session.execute_async(self._prepared[name], args)
+            return self._session.execute_async(statement, args)
         except Exception as exc:   # no host up at all
             raise _unavailable(exc) from exc
 
@@ -223,11 +226,7 @@ class Store:
             aid, ns, name, start = record["activationId"], record["namespace"], record["name"], record["start"]
             batch.add(self._prepared["activation_put"], (aid, ns, name, start, doc))
             batch.add(self._prepared["activation_put_ns"], (ns, start, aid, name, doc))
-        try:
-            future = self._session.execute_async(batch)
-        except Exception as exc:   # no host up at all
-            raise _unavailable(exc) from exc
-        await self._run(future)
+        await self._run(self._submit(batch))
 
     async def get_activation(self, activation_id: str) -> dict | None:
         rows = await self._run(self._exec("activation_get", activation_id))
