@@ -104,9 +104,7 @@ class ProxyClient:
                                 await asyncio.sleep(0.001)   # the proxy is starting: it will listen soon
                                 continue
                             raise ProxyRefused(str(exc)) from None
-                    conn.writer.write(head + body if len(body) < 65536 else head)
-                    if len(body) >= 65536:
-                        conn.writer.write(body)                # (not copied into one buffer)
+                    conn.writer.writelines((head, body))   # headers and body in one send
                     reply, keep = await self._reply(conn.reader)
             except TimeoutError:
                 if conn is not None:

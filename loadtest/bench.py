@@ -44,6 +44,17 @@ LARGE = ("ITEMS = [{'id': i, 'name': 'item-%d' % i, 'tags': ['a', 'b'], 'v': i *
          "def main(args):\n    return {'items': ITEMS} if args.get('give') else {'n': len(args.get('items', []))}\n")
 
 
+def _p50(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
+
+
+def _p95(samples: list[float]) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
 @dataclass
 class Figure:
     name: str
@@ -57,14 +68,11 @@ class Figure:
 
     @property
     def p50(self) -> float:
-        return statistics.median(self.samples_ms) if self.samples_ms else float("nan")
+        return _p50(self.samples_ms)
 
     @property
     def p95(self) -> float:
-        if not self.samples_ms:
-            return float("nan")
-        ordered = sorted(self.samples_ms)
-        return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        return _p95(self.samples_ms)
 
     def summary(self) -> dict:
         return {"name": self.name, "n": len(self.samples_ms), "p50_ms": round(self.p50, 2),
@@ -78,11 +86,11 @@ class Rates:
 
     @property
     def p50(self) -> float:
-        return statistics.median(self.per_s) if self.per_s else float("nan")
+        return _p50(self.per_s)
 
     @property
     def p95(self) -> float:
-        return Figure("", self.per_s).p95
+        return _p95(self.per_s)
 
     def summary(self) -> dict:
         return {"n": len(self.per_s), "p50_per_s": round(self.p50, 1), "p95_per_s": round(self.p95, 1)}
