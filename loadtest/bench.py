@@ -44,56 +44,45 @@ LARGE = ("ITEMS = [{'id': i, 'name': 'item-%d' % i, 'tags': ['a', 'b'], 'v': i *
          "def main(args):\n    return {'items': ITEMS} if args.get('give') else {'n': len(args.get('items', []))}\n")
 
 
-def _p50(samples: list[float]) -> float:
-    return statistics.median(samples) if samples else float("nan")
-
-
-def _p95(samples: list[float]) -> float:
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
-@dataclass
-class Figure:
-    name: str
-    samples_ms: list[float] = field(default_factory=list)
-    starts: dict[str, int] = field(default_factory=dict)   # containerStart values seen
-
-    def add(self, ms: float, start: str | None = None) -> None:
-        self.samples_ms.append(ms)
-        if start:
-            self.starts[start] = self.starts.get(start, 0) + 1
+class _Samples:
+    """Median and p95 of a figure's samples (`samples` in the subclass's unit)."""
+    samples: list[float]
 
     @property
     def p50(self) -> float:
-        return _p50(self.samples_ms)
+        return statistics.median(self.samples) if self.samples else float("nan")
 
     @property
     def p95(self) -> float:
-        return _p95(self.samples_ms)
+        if not self.samples:
+            return float("nan")
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+@dataclass
+class Figure(_Samples):
+    name: str
+    samples: list[float] = field(default_factory=list)   # ms
+    starts: dict[str, int] = field(default_factory=dict)   # containerStart values seen
+
+    def add(self, ms: float, start: str | None = None) -> None:
+        self.samples.append(ms)
+        if start:
+            self.starts[start] = self.starts.get(start, 0) + 1
 
     def summary(self) -> dict:
-        return {"name": self.name, "n": len(self.samples_ms), "p50_ms": round(self.p50, 2),
+        return {"name": self.name, "n": len(self.samples), "p50_ms": round(self.p50, 2),
                 "p95_ms": round(self.p95, 2), "containerStart": self.starts}
 
 
 @dataclass
-class Rates:
-    """A rate's samples, one per window of hotpath.WINDOW_S (per second)."""
-    per_s: list[float]
-
-    @property
-    def p50(self) -> float:
-        return _p50(self.per_s)
-
-    @property
-    def p95(self) -> float:
-        return _p95(self.per_s)
+class Rates(_Samples):
+    """A rate: one sample per window of hotpath.WINDOW_S, per second."""
+    samples: list[float]
 
     def summary(self) -> dict:
-        return {"n": len(self.per_s), "p50_per_s": round(self.p50, 1), "p95_per_s": round(self.p95, 1)}
+        return {"n": len(self.samples), "p50_per_s": round(self.p50, 1), "p95_per_s": round(self.p95, 1)}
 
 
 class Bench:
@@ -342,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'figure':<46} {'n':>4} {'p50 ms':>9} {'p95 ms':>9}  containerStart seen")
     for key, fig in figures.items():
         seen = ", ".join(f"{k} x{v}" for k, v in fig.starts.items())
-        print(f"{fig.name:<46} {len(fig.samples_ms):>4} {fig.p50:>9.1f} {fig.p95:>9.1f}  {seen}")
+        print(f"{fig.name:<46} {len(fig.samples):>4} {fig.p50:>9.1f} {fig.p95:>9.1f}  {seen}")
         if key == "cold" and bench.cold_at_capacity:
             print(f"  warning: {bench.cold_at_capacity} samples found an invoker full: their start included an "
                   "eviction (measure on a stack with room, e.g. right after make up)")
@@ -351,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  warning: expected only '{expected}' starts for this figure")
     hop_table = []
     if "invoke" in hops and "wait" in hops:
-        e2e = statistics.mean(figures["warm"].samples_ms)
+        e2e = statistics.mean(figures["warm"].samples)
         print(f"\nwhere a warm invocation's time goes (means over the warm figure, {e2e:.1f} ms end to end)")
         for label, value, counted in hotpath.HOP_ROWS:
             ms = value(hops, e2e)
@@ -362,12 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     if rates:
         print(f"\n{'rate (per second, over %.1f s windows)' % hotpath.WINDOW_S:<46} {'n':>4} {'p50':>9} {'p95':>9}")
         for name, value in rates.items():
-            print(f"{name:<46} {len(value.per_s):>4} {value.p50:>9.1f} {value.p95:>9.1f}")
+            print(f"{name:<46} {len(value.samples):>4} {value.p50:>9.1f} {value.p95:>9.1f}")
         print(f"\n{'latency or cost':<46} {'value':>9}")
         for name, value in hot.items():
             if name not in rates:
                 print(f"{name:<46} {value if value is None else round(value, 1):>9}")
-    p50 = {name: value.p50 for name, value in rates.items() if value.per_s}
+    p50 = {name: value.p50 for name, value in rates.items() if value.samples}
     jetstream = p50.get("jetstream publish-with-ack per s")
     one, two = p50.get("warm invocations per s, 1 edge worker"), p50.get("warm invocations per s, 2 edge workers")
     if one and two:
