@@ -71,8 +71,10 @@ class Waiters:
         return len(self._pending)
 
     def _remember(self, activation_id: str, activation_json: bytes) -> None:
+        """The first completion heard stands: a later one for the same activation (a cut-off
+        invoker's, after a takeover settled it) is not its outcome."""
         now = time.monotonic()
-        self._recent[activation_id] = (now, activation_json)
+        self._recent.setdefault(activation_id, (now, activation_json))
         while self._recent and (len(self._recent) > RECENT_MAX or next(iter(self._recent.values()))[0] < now - RECENT_S):
             self._recent.popitem(last=False)
 

@@ -117,18 +117,30 @@ class Invoker:
 
     async def _finish(self, am: pb.ActivationMessage, record: dict, revision: int, raw: bytes | None) -> None:
         """Make a new record durable, tell the controller, store it in Cassandra. The record goes
-        to the activation's mark first (JetStream, ~0.5 ms), so the caller hears the result
-        before the slower Cassandra write, and a redelivery or a takeover after a crash finds the
-        record there. If a takeover settled the activation meanwhile (this invoker was cut off,
-        say), that outcome stands and this record yields. (raw: its result as the action wrote it.)"""
+        to the activation's mark (JetStream) and the completion right behind it on the same
+        connection, so NATS has the record before the controller hears the result; the mark's ack
+        is awaited after, and the slower Cassandra write comes last. A redelivery or a takeover
+        after a crash finds the record in the mark. If a takeover settled the activation meanwhile
+        (only after this invoker was silent for the whole ack wait: cut off, say), that outcome
+        stands and this record yields; the takeover's completion went first, and the controller
+        keeps the first it hears. (raw: the result as the action wrote it.)"""
         body = records.encode(record, raw)
-        with self._metrics.hops.labels("finish").time():
+        completed = False
+        try:
+            with self._metrics.hops.labels("finish").time():
+                pending = await self._marks.finishing(am.activation_id, body, revision)
+            await self._complete(am, body, record, records.result_at(body, raw))
+            completed = True
+            kept = await pending
+        except Exception as exc:   # NATS restarting: again until the mark has it (or refuses it)
+            log.warning("keeping the record with its mark failed, retrying: %s", exc, extra={"activation_id": am.activation_id})
             kept = await self._until_stored(lambda: self._marks.finished(am.activation_id, body, revision),
                                             am.activation_id, "keeping the record with its mark")
         if not kept:
             log.warning("settled elsewhere while it ran here: its record yields", extra={"activation_id": am.activation_id})
             return
-        await self._complete(am, body, record, records.result_at(body, raw))
+        if not completed:
+            await self._complete(am, body, record, records.result_at(body, raw))
         await self._store_record(record, am.activation_id, body)
         with contextlib.suppress(Exception):   # only keeps the bucket small
             await self._marks.stored(am.activation_id)

@@ -16,17 +16,23 @@ takeover settled it first (its invoker seemed dead), the takeover's; the other o
 """
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 from dataclasses import dataclass
+from typing import Awaitable
 
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType
+from nats.aio.msg import Msg
+from nats.js.api import Header, KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from squall.config import NatsConfig
 
 _TTL_S = 7 * 24 * 3600   # longer than an activation can wait in the stream
+_ACK_S = 5.0             # how long a mark's write may wait for JetStream's ack
+_WRONG_LAST = (10071, 10164)   # JetStream's "wrong last sequence": someone wrote the mark meanwhile
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,12 @@ class Marks:
         self._kv = kv
         self._nc = nc
         self._bucket = bucket
+        # JetStream's acks of writes sent ahead (`finishing`), by the token ending their reply
+        # subject. (nats-py's publish_async never resolves a refused write: it raises in its
+        # reply handler instead.)
+        self._inbox = nc.new_inbox() + "."
+        self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count()
 
     @classmethod
     async def open(cls, nc: NATS, cfg: NatsConfig) -> "Marks":
@@ -51,7 +63,14 @@ class Marks:
             kv = await js.create_key_value(KeyValueConfig(
                 bucket=cfg.started_bucket, history=1, ttl=_TTL_S, storage=StorageType.FILE,
                 replicas=cfg.replicas))
-        return cls(kv, nc, cfg.started_bucket)
+        marks = cls(kv, nc, cfg.started_bucket)
+        await nc.subscribe(marks._inbox + "*", cb=marks._on_ack)
+        return marks
+
+    async def _on_ack(self, msg: Msg) -> None:
+        ack = self._acks.pop(msg.subject[len(self._inbox):], None)
+        if ack is not None and not ack.done():
+            ack.set_result(msg)
 
     async def begin(self, activation_id: str, invoker_id: int) -> int | None:
         """Mark it started by this invoker: the mark's revision, or None if it was marked before
@@ -64,10 +83,38 @@ class Marks:
     async def finished(self, activation_id: str, record_json: bytes, revision: int) -> bool:
         """Keep its record with the mark, if the mark is still the one at `revision`; False if
         someone settled the activation meanwhile."""
+        return await (await self.finishing(activation_id, record_json, revision))
+
+    async def finishing(self, activation_id: str, record_json: bytes, revision: int) -> Awaitable[bool]:
+        """`finished`, in two steps: returns once the write is on its way to JetStream, ahead of
+        anything published after it on this connection, and gives what to await for its outcome.
+        So the invoker can send the completion right behind it instead of after its ack."""
+        token = str(next(self._tokens))
+        ack = self._acks[token] = asyncio.get_running_loop().create_future()
         try:
-            await self._kv.update(activation_id, record_json, last=revision)
+            await self._nc.publish(f"$KV.{self._bucket}.{activation_id}", record_json, reply=self._inbox + token,
+                                   headers={Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)})
+        except BaseException:
+            self._acks.pop(token, None)
+            raise
+        return self._kept(activation_id, record_json, token, ack)
+
+    async def _kept(self, activation_id: str, record_json: bytes, token: str, ack: asyncio.Future[Msg]) -> bool:
+        try:
+            reply = await asyncio.wait_for(ack, _ACK_S)
+        finally:
+            self._acks.pop(token, None)
+        answer = json.loads(reply.data) if reply.data else {}
+        error = answer.get("error") or (None if "seq" in answer else {"description": f"no ack: {reply.headers}"})
+        if error is None:
             return True
-        except KeyWrongLastSequenceError:
+        if error.get("err_code") not in _WRONG_LAST:
+            raise RuntimeError(f"the mark of {activation_id} was not written: {error.get('description')}")
+        # Refused: settled by someone else, or this very record went in on an earlier try whose
+        # ack was lost (the caller retries through a NATS restart). Only the former is a refusal.
+        try:
+            return (await self._kv.get(activation_id)).value == record_json
+        except KeyNotFoundError:
             return False
 
     async def stored(self, activation_id: str) -> None:

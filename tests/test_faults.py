@@ -6,6 +6,7 @@ invoker began to run more than once, from the invokers' own logs (one "running" 
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,8 +18,9 @@ import time
 import pytest
 import requests
 
-from squall import netns
+from squall import bus, netns
 from squall.config import REPO_ROOT
+from squall.marks import Marks
 from tests.conftest import poll_activation
 
 pytestmark = pytest.mark.stack
@@ -56,6 +58,26 @@ def report(counts: list, test: str, accepted: list[str], records: dict[str, dict
     counts.append(f"{test}: accepted={len(accepted)} recorded={len(accepted) - len(lost)} "
                   f"lost={len(lost)} run_twice={len(twice)}")
     return lost, twice
+
+
+def test_a_mark_takes_one_outcome_and_knows_its_own_write_when_asked_again(stack, unique):
+    """The marks in the real JetStream: the first to move a started mark on wins; a writer asking
+    again after a lost ack (same record, same revision) hears that it won, another writer that
+    it lost; and the outcome can be awaited after the write is on its way."""
+    async def scenario() -> None:
+        nc = await bus.connect(stack.cfg.nats, "test-marks")
+        try:
+            marks = await Marks.open(nc, stack.cfg.nats)
+            revision = await marks.begin(unique, 0)
+            assert revision and await marks.begin(unique, 1) is None        # started once only
+            pending = await marks.finishing(unique, b'{"mine":1}', revision)
+            assert await pending is True
+            assert await marks.finished(unique, b'{"mine":1}', revision) is True     # its own, again
+            assert await marks.finished(unique, b'{"takeover":1}', revision) is False
+            assert (await marks.get(unique)).record == {"mine": 1}
+        finally:
+            await nc.close()
+    asyncio.run(scenario())
 
 
 def test_a_killed_invoker_loses_nothing_and_runs_nothing_twice(api, stack, unique, fault_counts):
