@@ -84,6 +84,8 @@ class ContainerPool:
         self._tasks: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
+        self._pauser: asyncio.Task | None = None
+        self._went_idle = asyncio.Event()   # wakes the pauser when it has nothing to wait for
         # Stem cells wanted per (kind, memory): configured floor and current target.
         self._stem_floor: dict[tuple[str, int], int] = {}
         for cells in config.stem_cells():
@@ -110,12 +112,14 @@ class ContainerPool:
             await asyncio.gather(*(self._backend.remove(h) for h in orphans), return_exceptions=True)
         self._reaper = asyncio.create_task(self._reap_idle())
         self._watcher = asyncio.create_task(self._watch_exits())
+        if self._config.pause_grace_s >= 0:
+            self._pauser = asyncio.create_task(self._pause_idle())
         async with self._changed:
             self._refill()
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in (self._reaper, self._watcher):
+        for task in (self._reaper, self._watcher, self._pauser):
             if task:
                 task.cancel()
         for task in list(self._tasks):
@@ -399,15 +403,30 @@ class ContainerPool:
             elif container.active == 0 and container.state is State.BUSY:
                 container.move(State.IDLE)
                 container.last_used = time.monotonic()
-                if self._config.pause_grace_s >= 0:
-                    self._spawn(self._pause_later(container, container.last_used))
+                self._went_idle.set()
             self._changed.notify_all()
 
-    async def _pause_later(self, container: PooledContainer, used: float) -> None:
-        await asyncio.sleep(self._config.pause_grace_s)
+    async def _pause_idle(self) -> None:
+        """Pause each container idle for the grace period: one loop for the pool rather than a
+        timer per release (at hundreds of releases a second, those cost more than the pausing).
+        It sleeps until the next one is due, or, with none idle, until one goes idle."""
+        grace = self._config.pause_grace_s
+        while True:
+            self._went_idle.clear()
+            now = time.monotonic()
+            due = [(c, c.last_used) for c in self._containers if c.state is State.IDLE and c.last_used <= now - grace]
+            for container, used in due:
+                await self._pause(container, used)
+            next_at = min((c.last_used + grace for c in self._containers if c.state is State.IDLE), default=None)
+            if next_at is None:
+                await self._went_idle.wait()
+            else:
+                await asyncio.sleep(max(next_at - time.monotonic(), 0.001))
+
+    async def _pause(self, container: PooledContainer, used: float) -> None:
         async with container.lock:
             if container.state is not State.IDLE or container.last_used != used:
-                return
+                return   # taken again meanwhile
             container.move(State.PAUSED)
             try:
                 await self._backend.pause(container.handle)
