@@ -54,6 +54,7 @@ class Invoker:
         self._id = cfg.invoker.id
         self._actions: dict[tuple[str, str], tuple[str, dict]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._held: dict[str, Msg] = {}   # messages being worked on, by their ack subject
 
     async def serve(self, stop: asyncio.Event) -> None:
         cfg = self._cfg
@@ -61,6 +62,7 @@ class Invoker:
             invoker_subject(cfg.nats, self._id), durable=invoker_durable(self._id), stream=cfg.nats.stream,
             config=invoker_consumer(self._id, cfg.invoker.ack_wait_s, cfg.invoker.max_concurrent))
         slot_freed = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_alive(cfg.invoker.ack_wait_s / 3))
         log.info("invoker %s consuming %s (pid %d)", self._id, invoker_subject(cfg.nats, self._id), os.getpid())
         while not stop.is_set():
             free = cfg.invoker.max_concurrent - len(self._tasks)
@@ -83,11 +85,12 @@ class Invoker:
         # Let running activations finish and be recorded before the process ends.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=cfg.limits.timeout_max_ms / 1000 + 10)
+        keeper.cancel()
         await self._recorder.close()
 
     async def _handle(self, msg: Msg) -> None:
         am = pb.ActivationMessage.FromString(msg.data)
-        ticker = asyncio.create_task(_keep_alive(msg, self._cfg.invoker.ack_wait_s / 3))
+        self._held[msg.reply] = msg
         try:
             record, ran = None, False
             if msg.metadata.num_delivered > 1:
@@ -111,9 +114,18 @@ class Invoker:
             log.exception("activation failed", extra={"activation_id": am.activation_id})
             return
         finally:
-            ticker.cancel()
+            self._held.pop(msg.reply, None)
         if not ran:
             await self._complete(am, records.encode(record), record)
+
+    async def _keep_alive(self, every: float) -> None:
+        """Tell JetStream, for each message still being worked on, that it is, so it is not
+        redelivered meanwhile: one loop for all of them (a timer task per activation cost more)."""
+        while True:
+            await asyncio.sleep(every)
+            for msg in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     async def _finish(self, am: pb.ActivationMessage, record: dict, revision: int, raw: bytes | None) -> None:
         """Make a new record durable, tell the controller, store it in Cassandra. The record goes
@@ -305,12 +317,3 @@ class Invoker:
             await self._nc.publish(completion_subject(self._cfg.nats, am.controller), pb.Completion(
                 activation_id=am.activation_id, invoker=self._id, activation_json=record_json,
                 status_code=record["response"]["statusCode"], result_at=result_at).SerializeToString())
-
-
-async def _keep_alive(msg: Msg, every: float) -> None:
-    """Tell JetStream the message is still being worked on, so it is not redelivered meanwhile."""
-    with contextlib.suppress(asyncio.CancelledError):
-        while True:
-            await asyncio.sleep(every)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
