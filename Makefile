@@ -20,7 +20,7 @@ export SQUALL_INVOKER_NETNS_SUBNET := $(NETNS)
 endif
 PROTO_OUT := proto/squall_pb2.py proto/squall_pb2_grpc.py proto/squall_pb2.pyi
 
-.PHONY: setup proto up down status logs test bench load clean
+.PHONY: setup proto up down status logs test bench ab load clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -55,6 +55,10 @@ test: setup
 bench: setup
 	@$(PY) -m squall.stack up
 	@$(PY) -m loadtest.bench $(ARGS)
+
+# Same-window A/B of the invoker's code against REV (see loadtest/ab.py): needs two invokers.
+ab: setup
+	@$(PY) -m loadtest.ab $(REV) $(ARGS)
 
 # Locust, headless, against the running stack: USERS users for DURATION; CSV and a PNG under .squall/load/.
 USERS ?= 20
