@@ -196,7 +196,7 @@ HOP_ROWS = (
     ("invoker: container (warm: found)", lambda m, e2e: m.get("container", 0.0), True),
     ("invoker: POST /run to the container", lambda m, e2e: m.get("run", 0.0), True),
     ("invoker: the activation's log lines", lambda m, e2e: m.get("logs", 0.0), True),
-    ("invoker: record kept with its mark (JetStream KV)", lambda m, e2e: m.get("finish", 0.0), True),
+    ("invoker: record sent to its mark (KV; ack awaited after)", lambda m, e2e: m.get("finish", 0.0), True),
     ("invoker: completion to the controller (core NATS)", lambda m, e2e: m.get("complete", 0.0), True),
     ("the rest of the wait (asyncio, wake-ups)", lambda m, e2e: m["wait"] + m["publish"] - sum(
         m.get(h, 0.0) for h in ("queue", "mark", "container", "run", "logs", "finish", "complete")), True),

@@ -4,9 +4,10 @@ One key per activation id, on file storage (replicated like the stream on a clus
 
     absent              never started: it may run (on any invoker)
     "started:<n>"       invoker n began to run it: it is never run again
-    "{...record...}"    it finished: its record, written before anyone hears of the result, so the
-                        caller can be answered before the (slower) Cassandra write, and a
-                        redelivery, a takeover or a read can find the record until it is stored
+    "{...record...}"    it finished: its record, sent ahead of the completion on the same connection
+                        (NATS has it before anyone hears of the result), so the caller can be
+                        answered before the (slower) Cassandra write, and a redelivery, a
+                        takeover or a read can find the record until it is stored
     "stored"            its record is in Cassandra (the bucket stays small)
 
 `begin` is an atomic create, so two deliveries of one activation cannot both start it, even when
