@@ -105,8 +105,9 @@ class Marks:
             reply = await asyncio.wait_for(ack, _ACK_S)
         finally:
             self._acks.pop(token, None)
-        answer = json.loads(reply.data) if reply.data else {}
-        error = answer.get("error") or (None if "seq" in answer else {"description": f"no ack: {reply.headers}"})
+        # A PubAck, an error, or (no stream listening) an empty reply with a status header.
+        answer = json.loads(reply.data) if reply.data else {"error": {"description": f"no ack: {reply.headers}"}}
+        error = answer.get("error")
         if error is None:
             return True
         if error.get("err_code") not in _WRONG_LAST:
