@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from typing import NamedTuple
 
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
@@ -24,6 +23,7 @@ from container_pool.container import ActionKey
 from container_pool.pool import ContainerPool, Job
 from container_pool.runtimes import resolve
 from invoker import records
+from invoker.actions import ActionCache, Loaded
 from invoker.recorder import Recorder
 from invoker.records import ActionInfo
 from proto import squall_pb2 as pb
@@ -31,27 +31,13 @@ from squall.bus import completion_subject, invoker_consumer, invoker_durable, in
 from squall.config import SquallConfig
 from squall.marks import Marks
 from squall.metrics import InvokerMetrics
-from squall.store import Store, revision
+from squall.store import Store
 
 log = logging.getLogger(__name__)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class Loaded(NamedTuple):
-    """An action as this invoker keeps it, per revision."""
-    revision: str
-    doc: dict
-    init_body: bytes   # its /init request: encoded once, not on every run (1 MB of code took 3 ms)
-
-    @classmethod
-    def of(cls, name: str, doc: dict) -> "Loaded":
-        exec_ = doc["exec"]
-        init = {"value": {"name": name, "main": exec_.get("main", "main"), "code": exec_.get("code", ""),
-                          "binary": exec_.get("binary", False), "env": {}}}
-        return cls(revision(doc), doc, json.dumps(init).encode())
 
 
 class Invoker:
@@ -67,7 +53,7 @@ class Invoker:
         self._pool = pool
         self._marks = marks
         self._id = cfg.invoker.id
-        self._actions: dict[tuple[str, str], Loaded] = {}
+        self._actions = ActionCache(store)
         self._tasks: set[asyncio.Task] = set()
         self._held: dict[str, Msg] = {}   # messages being worked on, by their ack subject
 
@@ -202,7 +188,8 @@ class Invoker:
         wrote it (see records.raw_result); None if it was marked started already (do not run it
         again)."""
         started = _now_ms()
-        loaded = await self._until_stored(lambda: self._action(am), am.activation_id, "reading the action")
+        loaded = await self._until_stored(lambda: self._actions.get(am.namespace, am.name, am.revision),
+                                          am.activation_id, "reading the action")
         if loaded is None:
             info = ActionInfo(am.namespace, am.name, "0.0.1", "unknown", {})
             resp = records.response(records.APPLICATION_ERROR, {"error": "The requested resource does not exist."})
@@ -283,17 +270,6 @@ class Invoker:
             timeout_s=limits["timeout"] / 1000, concurrency=limits.get("concurrency", 1),
             log_limit_bytes=limits.get("logs", 10) * 1024 * 1024,
         )
-
-    async def _action(self, am: pb.ActivationMessage) -> Loaded | None:
-        key = (am.namespace, am.name)
-        cached = self._actions.get(key)
-        if cached and cached.revision == am.revision:
-            return cached
-        doc = await self._store.get_entity(am.namespace, "actions", am.name)
-        if doc is None:
-            return None
-        self._actions[key] = loaded = Loaded.of(am.name, doc)
-        return loaded
 
     def _observe(self, record: dict, seconds: float) -> None:
         self._metrics.run_seconds.observe(seconds)

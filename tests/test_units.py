@@ -268,3 +268,38 @@ def test_a_record_with_its_result_as_the_action_wrote_it_is_the_same_json():
     assert records.raw_result(_outcome(body=b'{"error": "no"}'), records.interpret(_outcome(body=b'{"error": "no"}'), 1000, 1 << 20)) is None
     assert not as_sent('{"a": 1}'.encode("utf-16")) and not as_sent('{"a": 1}'.encode("utf-8-sig"))
     assert as_sent(b' \n{"a": 1}')
+
+
+def test_the_action_cache_reads_each_revision_once_and_keeps_the_most_recently_used_within_its_budget():
+    """With a stand-in for the store (this unit test only) that counts its reads."""
+    import asyncio
+    from invoker.actions import ActionCache
+
+    class Docs:
+        def __init__(self):
+            self.docs = {name: {"version": "0.0.1", "updated": 1, "exec": {"kind": "python:3", "code": "x" * 1000}}
+                         for name in "abc"}
+            self.reads: list[str] = []
+
+        async def get_entity(self, namespace, collection, name):
+            self.reads.append(name)
+            return self.docs.get(name)
+
+    async def scenario():
+        store = Docs()
+        cache = ActionCache(store, budget_bytes=5000)   # room for two of these actions (~2 KB each)
+        a = await cache.get("ns", "a", "0.0.1@1")
+        assert json.loads(a.init_body)["value"]["code"] == "x" * 1000
+        assert await cache.get("ns", "a", "0.0.1@1") is a and store.reads == ["a"]   # once per revision
+        store.docs["a"] = {**store.docs["a"], "version": "0.0.2", "updated": 2}
+        assert (await cache.get("ns", "a", "0.0.2@2")).revision == "0.0.2@2" and store.reads == ["a", "a"]
+        await cache.get("ns", "b", "0.0.1@1")
+        await cache.get("ns", "a", "0.0.2@2")          # a is now the most recently used
+        await cache.get("ns", "c", "0.0.1@1")          # over budget: b, the least recently used, goes
+        assert len(cache) == 2
+        store.reads.clear()
+        await cache.get("ns", "a", "0.0.2@2")
+        await cache.get("ns", "b", "0.0.1@1")
+        assert store.reads == ["b"]
+        assert await cache.get("ns", "missing", "0.0.1@1") is None
+    asyncio.run(scenario())
