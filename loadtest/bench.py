@@ -42,6 +42,7 @@ from squall.stack import running_config
 ACTION = "import socket\ndef main(args):\n    return {'host': socket.gethostname()}\n"
 LARGE = ("ITEMS = [{'id': i, 'name': 'item-%d' % i, 'tags': ['a', 'b'], 'v': i * 0.5} for i in range(12000)]\n"
          "def main(args):\n    return {'items': ITEMS} if args.get('give') else {'n': len(args.get('items', []))}\n")
+BIG_CODE = "BLOB = '" + "x" * 1_000_000 + "'\ndef main(args):\n    return {'n': len(BLOB)}\n"
 
 
 class _Samples:
@@ -222,16 +223,21 @@ class Bench:
             direct.add((time.perf_counter() - started) * 1000)
         return warm, direct, hotpath.hop_means(before, hotpath.hop_totals(processes))
 
-    def large(self, n: int) -> tuple[Figure, Figure]:
-        """Blocking invokes (result only) of one warm action: with ~0.8 MB of structured
-        parameters and a small result, then with small parameters and a ~0.7 MB result."""
+    def large(self, n: int) -> tuple[Figure, Figure, Figure]:
+        """Blocking invokes (result only) of warm actions: with ~0.8 MB of structured parameters
+        and a small result, with small parameters and a ~0.7 MB result, and of an action with
+        1 MB of code (which nothing should handle again on a warm run)."""
         payload, result = Figure("0.8 MB parameters, blocking, result"), Figure("0.7 MB result, blocking, result")
-        name = f"bench-{uuid.uuid4().hex[:10]}"
-        self.edge.put(self.api + name, json={"exec": {"kind": "python:3", "code": LARGE}}).raise_for_status()
-        self.created.append(name)
+        code = Figure("1 MB of code, warm, blocking, result")
+        names = []
+        for source in (LARGE, BIG_CODE):
+            names.append(f"bench-{uuid.uuid4().hex[:10]}")
+            self.edge.put(self.api + names[-1], json={"exec": {"kind": "python:3", "code": source}}).raise_for_status()
+            self.created.append(names[-1])
         items = json.dumps({"items": [{"id": i, "name": f"item-{i}", "tags": ["a", "b"], "v": i * 0.5}
                                       for i in range(12000)]}).encode()
-        for figure, body in ((payload, items), (result, b'{"give": true}')):
+        for figure, name, body in ((payload, names[0], items), (result, names[0], b'{"give": true}'),
+                                   (code, names[1], b"{}")):
             for i in range(n + 3):                                   # 3 of warm-up
                 started = time.perf_counter()
                 r = self.edge.post(self.api + name + "?blocking=true&result=true", data=body,
@@ -240,7 +246,7 @@ class Bench:
                 r.raise_for_status()
                 if i >= 3:
                     figure.add(ms)
-        return payload, result
+        return payload, result, code
 
     def unpaused(self, n: int) -> Figure:
         fig = Figure("unpaused invocation, end to end")
@@ -266,7 +272,7 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[dict[str, Figure]
     for ms in asyncio.run(hotpath.grpc_warm(props["GRPCHOST"], props["AUTH"], name, args.samples)):
         grpc.add(ms)
     figures = {"grpc": grpc}
-    figures["payload"], figures["result"] = bench.large(max(args.samples // 4, 3))
+    figures["payload"], figures["result"], figures["code"] = bench.large(max(args.samples // 4, 3))
     rates: dict[str, Rates | float | None] = {}
     rates["jetstream publish-with-ack per s"] = Rates(asyncio.run(hotpath.jetstream_publish_rate(cfg)))
     ports = [cfg.invoker.metrics_endpoint(i) for i in invokers]
