@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple, Protocol
 
-from squall.store import revision
+from squall.store import revision as revision_of
 
 BUDGET_BYTES = 256 * 1024 * 1024   # an action's code counts twice: in its doc and its /init
 
@@ -21,7 +21,7 @@ class Loaded(NamedTuple):
         exec_ = doc["exec"]
         init = {"value": {"name": name, "main": exec_.get("main", "main"), "code": exec_.get("code", ""),
                           "binary": exec_.get("binary", False), "env": {}}}
-        return cls(revision(doc), doc, json.dumps(init).encode())
+        return cls(revision_of(doc), doc, json.dumps(init).encode())
 
     @property
     def size(self) -> int:
@@ -39,12 +39,12 @@ class ActionCache:
         self._loaded: dict[tuple[str, str], Loaded] = {}   # least recently used first
         self._bytes = 0
 
-    async def get(self, namespace: str, name: str, revision_: str) -> Loaded | None:
+    async def get(self, namespace: str, name: str, revision: str) -> Loaded | None:
         """The action at that revision (read again when the cache holds another), or None if it
         does not exist."""
         key = (namespace, name)
         cached = self._loaded.get(key)
-        if cached and cached.revision == revision_:
+        if cached and cached.revision == revision:
             self._loaded[key] = self._loaded.pop(key)   # to the end: the most recently used
             return cached
         doc = await self._store.get_entity(namespace, "actions", name)
