@@ -120,11 +120,10 @@ async function run(body) {
     return [502, { error: 'The action did not return a dictionary.' }];
   }
   try {
-    JSON.stringify(result);
+    return [200, JSON.stringify(result)];   // encoded once: the check that it is JSON, and the reply
   } catch (err) {
     return [502, { error: `The action did not produce a valid JSON response: ${err.message}` }];
   }
-  return [200, result];
 }
 
 function endLogs() {
@@ -133,8 +132,8 @@ function endLogs() {
   process.stderr.write(SENTINEL + '\n');
 }
 
-function reply(res, status, doc) {
-  const data = Buffer.from(JSON.stringify(doc));
+function reply(res, status, doc) {   // doc: a value, or JSON already encoded
+  const data = Buffer.from(typeof doc === 'string' ? doc : JSON.stringify(doc));
   res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': data.length });
   res.end(data);
 }

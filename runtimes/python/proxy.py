@@ -82,6 +82,7 @@ class Action:
         return module.__dict__
 
     def run(self, body: dict) -> tuple[int, object]:
+        """(status, reply): the result as JSON already encoded, or an error to encode."""
         for key, val in body.items():
             if key != "value":
                 os.environ[f"__OW_{key.upper()}"] = val if isinstance(val, str) else json.dumps(val)
@@ -96,10 +97,14 @@ class Action:
         if not isinstance(result, dict):
             return 502, {"error": "The action did not return a dictionary."}
         try:
-            json.dumps(result)
+            return 200, _compact(result)   # encoded once: the check that it is JSON, and the reply
         except (TypeError, ValueError) as exc:
             return 502, {"error": f"The action did not produce a valid JSON response: {exc}"}
-        return 200, result
+
+
+def _compact(doc: object) -> bytes:
+    """JSON without spaces: the invoker passes a result on as it is."""
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _describe(exc: BaseException) -> str:
@@ -136,7 +141,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _reply(self, status: int, doc: object) -> None:
-        data = json.dumps(doc, separators=(",", ":")).encode()   # compact: the invoker passes it on as is
+        data = doc if isinstance(doc, bytes) else _compact(doc)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
