@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-
-import requests
 
 from loadtest import hotpath
 from loadtest.bench import Bench
-from squall import netns, wskprops
-from squall.bus import invoker_subject
+from squall import stack, wskprops
 from squall.config import REPO_ROOT, SquallConfig
-from squall.stack import running_config
 
 
 def export(rev: str, cfg: SquallConfig) -> Path:
@@ -43,62 +38,24 @@ def export(rev: str, cfg: SquallConfig) -> Path:
 
 
 class Invokers:
-    """Restarts the stack's invokers with code from a given directory, as the stack starts them."""
+    """The stack's invokers, restarted with the code of a given directory, as the stack starts them."""
 
-    def __init__(self, cfg: SquallConfig):
-        self._cfg = cfg
-        self._run = cfg.paths.state / "run"
-        self._logs = cfg.paths.state / "logs"
-
-    def pid(self, i: int) -> int:
-        return int((self._run / f"invoker{i}.pid").read_text())
+    def __init__(self):
+        self.cfg, self._layout = stack.prepare()
+        self._comps = {c.name: c for c in stack.components(self.cfg, self._layout)}
 
     def restart(self, i: int, code: Path) -> None:
-        pid = self.pid(i)
-        env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
-        os.kill(pid, signal.SIGTERM)
-        while _alive(pid):
-            time.sleep(0.1)
-        argv = [sys.executable, "-m", "invoker"]
-        if self._cfg.invoker.netns_subnet:
-            argv = netns.wrap(argv, i)
-        log = self._logs / f"invoker{i}.log"
-        offset = log.stat().st_size if log.exists() else 0
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, cwd=code, env={**env, "PYTHONPATH": str(code)}, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        (self._run / f"invoker{i}.pid").write_text(str(proc.pid))
-        ready = f"consuming {invoker_subject(self._cfg.nats, i)} (pid {proc.pid})".encode()
-        deadline = time.monotonic() + 90
-        while ready not in log.read_bytes()[offset:]:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"invoker{i} did not start from {code}; see {log}")
-            time.sleep(0.2)
+        comp = self._comps[f"invoker{i}"]
+        stack.stop(self._layout, comp.name, comp.stop_timeout)
+        stack.start(self._layout, replace(comp, cwd=code, env={**comp.env, "PYTHONPATH": str(code)}))
         time.sleep(1.0)   # its first heartbeat: healthy again in the balancer
 
     def cpu_seconds(self, i: int) -> float:
-        fields = Path(f"/proc/{self.pid(i)}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return hotpath.process_cpu_seconds(stack.running_pid(self._layout, f"invoker{i}"))
 
     def completed(self, i: int) -> float:
-        host, port = self._cfg.invoker.metrics_endpoint(i)
-        text = requests.get(f"http://{host}:{port}/metrics", timeout=3).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("squall_invoker_activations_total{"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    if state == "Z":   # exited; reap it if it is ours
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        return False
-    return True
+        return sum(value for _, value in hotpath.scraped([self.cfg.invoker.metrics_endpoint(i)],
+                                                          "squall_invoker_activations_total{"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds (the two swap code each round)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each round's load")
     args = parser.parse_args(argv)
-    cfg = running_config()
+    invokers = Invokers()
+    cfg = invokers.cfg
     if cfg.controller.invokers < 2:
         raise SystemExit("make ab needs a stack with two invokers: make up INVOKERS=2")
     props = wskprops.read(cfg.paths.state / "wskprops")
     old = export(args.rev, cfg)
-    invokers = Invokers(cfg)
     bench = Bench(cfg)
     namespace = bench.edge.get(props["APIHOST"] + "/api/v1/namespaces").json()[0]
     names = hotpath.actions_homed(namespace, [0, 1], 4, hotpath.home_of(cfg.controller.invokers))

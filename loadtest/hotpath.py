@@ -125,7 +125,7 @@ def home_of(n: int):
     return lambda namespace, name: zlib.crc32(f"{namespace}/{name}".encode()) % n   # as controller/balancer.py
 
 
-def _scraped(endpoints: list[tuple[str, int]], prefix: str):
+def scraped(endpoints: list[tuple[str, int]], prefix: str):
     """(line, value) of every sample starting with prefix, from each process's /metrics."""
     for host, port in endpoints:
         try:
@@ -140,7 +140,7 @@ def _scraped(endpoints: list[tuple[str, int]], prefix: str):
 def record_write_histogram(endpoints: list[tuple[str, int]]) -> dict[float, float]:
     """Cumulative bucket counts of squall_record_write_seconds over the given invokers."""
     buckets: dict[float, float] = {}
-    for line, value in _scraped(endpoints, "squall_record_write_seconds_bucket"):
+    for line, value in scraped(endpoints, "squall_record_write_seconds_bucket"):
         le = line.split('le="', 1)[1].split('"', 1)[0]
         bound = float("inf") if le == "+Inf" else float(le)
         buckets[bound] = buckets.get(bound, 0.0) + value
@@ -168,7 +168,7 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 def hop_totals(endpoints: list[tuple[str, int]]) -> dict[str, tuple[float, float]]:
     """squall_hop_seconds per hop as (sum, count), added up over the given processes."""
     totals: dict[str, list[float]] = {}
-    for line, value in _scraped(endpoints, "squall_hop_seconds_"):
+    for line, value in scraped(endpoints, "squall_hop_seconds_"):
         for suffix, index in (("_sum{", 0), ("_count{", 1)):
             if line.startswith("squall_hop_seconds" + suffix):
                 totals.setdefault(line.split('hop="', 1)[1].split('"', 1)[0], [0.0, 0.0])[index] += value
@@ -249,17 +249,22 @@ ROLES = (("edge", "-m edge"), ("controller", "-m controller"), ("invoker", "-m i
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds (user + system) used so far by each kind of process on this machine; this
     process, the load's client, is "client". Differences of two calls: what a run cost each."""
-    tick = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            used = process_cpu_seconds(pid)
         except OSError:
             continue   # gone meanwhile
-        role = "client" if int(pid) == os.getpid() else next((r for r, pat in ROLES if pat in cmdline), None)
+        role = "client" if pid == os.getpid() else next((r for r, pat in ROLES if pat in cmdline), None)
         if role:
-            totals[role] = totals.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            totals[role] = totals.get(role, 0.0) + used
     return totals
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far (OSError if it is gone)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
