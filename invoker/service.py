@@ -138,11 +138,12 @@ class Invoker:
         stands and this record yields; the takeover's completion went first, and the controller
         keeps the first it hears. (raw: the result as the action wrote it.)"""
         body = records.encode(record, raw)
+        result_at = records.result_at(body, raw)
         completed = False
         try:
             with self._metrics.hops.labels("finish").time():
                 pending = await self._marks.finishing(am.activation_id, body, revision)
-            await self._complete(am, body, record, records.result_at(body, raw))
+            await self._complete(am, body, record, result_at)
             completed = True
             kept = await pending
         except Exception as exc:   # NATS restarting: again until the mark has it (or refuses it)
@@ -153,7 +154,7 @@ class Invoker:
             log.warning("settled elsewhere while it ran here: its record yields", extra={"activation_id": am.activation_id})
             return
         if not completed:
-            await self._complete(am, body, record, records.result_at(body, raw))
+            await self._complete(am, body, record, result_at)
         await self._store_record(record, am.activation_id, body)
         with contextlib.suppress(Exception):   # only keeps the bucket small
             await self._marks.stored(am.activation_id)
