@@ -341,45 +341,56 @@ class Activator:
 
     # Triggers
 
-    async def fire(self, identity: Identity, namespace: str, name: str, payload: dict) -> str:
+    async def fire(self, identity: Identity, namespace: str, name: str, payload: dict) -> str | None:
+        """Fire a trigger: each active rule's action runs with the trigger's parameters merged
+        with the payload. The trigger's activation id, or None when no rule is active (then, as
+        in OpenWhisk, nothing runs and no activation is recorded)."""
         trigger = await self.cache.get(namespace, "triggers", name)
         if trigger is None:
             raise NotFound()
         self._throttles.admit_fire(namespace)
+        me = entities.path_of(namespace, name)
+        rules = [r for r in await self._store.list_entities(namespace, "rules") if r.get("trigger") == me]
+        if not any(r.get("status") == "active" for r in rules):
+            return None
         self._metrics.started.labels("trigger").inc()
         params = {**entities.parameters(trigger), **payload}
         activation_id, start = uuid.uuid4().hex, _now_ms()
-        me = entities.path_of(namespace, name)
-        rules = [r for r in await self._store.list_entities(namespace, "rules")
-                 if r.get("trigger") == me and r.get("status") == "active"]
-        logs = []
-        for rule in rules:
-            ref = rule["action"]
-            action_path = f"{ref['path']}/{ref['name']}"
-            entry = {"rule": f"{namespace}/{rule['name']}", "action": action_path}
-            try:
-                ns, _, package = ref["path"].partition("/")
-                target = await self.resolve(identity, ns, f"{package}/{ref['name']}" if package else ref["name"])
-                merged = self.merge(target, params)
-                if self._composite(target):
-                    sub_id = uuid.uuid4().hex
-                    task = asyncio.create_task(self._compose(identity, target, merged, namespace, sub_id, ""))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                else:
-                    sub_id, _ = await self._publish(identity, target, merged, namespace, "", False)
-                entry.update(statusCode=0, success=True, activationId=sub_id)
-            except SquallError as exc:
-                entry.update(statusCode=1, success=False, error=exc.message)
-            logs.append(json.dumps(entry, separators=(",", ":")))
+        logs = [json.dumps(await self._fire_rule(identity, namespace, rule, params), separators=(",", ":"))
+                for rule in rules]
         end = _now_ms()
+        # Its result is the payload as fired (OpenWhisk's too), not merged with its parameters.
         await self._store.put_activation({
             "namespace": namespace, "name": name, "version": trigger["version"], "subject": identity.subject,
             "activationId": activation_id, "start": start, "end": end, "duration": 0,
-            "statusCode": 0, "response": {**response(SUCCESS, params), "size": len(_dumps(params))},
+            "statusCode": 0, "response": {**response(SUCCESS, payload), "size": len(_dumps(payload))},
             "logs": logs, "annotations": [{"key": "path", "value": f"{namespace}/{name}"}], "publish": False,
         })
         return activation_id
+
+    async def _fire_rule(self, identity: Identity, namespace: str, rule: dict, params: dict) -> dict:
+        """One rule of a fired trigger: its entry in the trigger's logs (an inactive rule's too,
+        as OpenWhisk lists it)."""
+        ref = rule["action"]
+        action_path = f"{ref['path']}/{ref['name']}"
+        entry = {"rule": f"{namespace}/{rule['name']}", "action": action_path}
+        if rule.get("status") != "active":
+            return {**entry, "statusCode": 1, "success": False,
+                    "error": f"Rule '{entry['rule']}' is inactive, action '{action_path}' was not activated."}
+        try:
+            ns, _, package = ref["path"].partition("/")
+            target = await self.resolve(identity, ns, f"{package}/{ref['name']}" if package else ref["name"])
+            merged = self.merge(target, params)
+            if self._composite(target):
+                sub_id = uuid.uuid4().hex
+                task = asyncio.create_task(self._compose(identity, target, merged, namespace, sub_id, ""))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                sub_id, _ = await self._publish(identity, target, merged, namespace, "", False)
+        except SquallError as exc:
+            return {**entry, "statusCode": 1, "success": False, "error": exc.message}
+        return {**entry, "statusCode": 0, "success": True, "activationId": sub_id}
 
 
 def _as_plain(resolved: Resolved) -> Resolved:

@@ -352,7 +352,7 @@ class SquallService(pb_grpc.SquallServicer):
         ns = self._namespace(identity, request.namespace)
         payload = _json_object(request.params_json, "parameters", self._cfg.limits.payload_max_bytes)
         activation_id = await self._activator.fire(identity, ns, entities.validate_name(request.name), payload)
-        return pb.InvokeReply(activation_id=activation_id, done=False)
+        return pb.InvokeReply(activation_id=activation_id or "", done=False)
 
     @_rpc
     async def GetActivation(self, request, context):
@@ -368,6 +368,13 @@ class SquallService(pb_grpc.SquallServicer):
         identity = await self._identity(context)
         ns = self._namespace(identity, request.namespace)
         skip, limit = max(request.skip, 0), min(request.limit if request.limit > 0 else 30, 200)
+        if request.count:
+            if request.docs:
+                raise BadRequest("The parameter 'docs' is not permitted with 'count'.")
+            if "/" not in request.name:
+                count = await self._store.count_activations(ns, request.since, request.upto, request.name)
+                return pb.ListReply(list_json=_dumps({"activations": max(count - skip, 0)}))
+            limit = 2**31   # a package's action: counted from the records, as they are listed
         # Newest first from the namespace's partition; filters applied as it is read.
         records = await self._store.list_activations(ns, since=request.since, upto=request.upto,
                                                      limit=skip + limit if not request.name else 10_000)
@@ -382,6 +389,8 @@ class SquallService(pb_grpc.SquallServicer):
             records = [r for r in records if r.get("name") == short and
                        (short == request.name or _path(r).endswith("/" + request.name))]
         records = records[skip:skip + limit]
+        if request.count:
+            return pb.ListReply(list_json=_dumps({"activations": len(records)}))
         if not request.docs:
             records = [{k: v for k, v in r.items() if k not in ("response", "logs")}
                        | {"statusCode": r.get("response", {}).get("statusCode", r.get("statusCode"))}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from controller import entities
 from controller.activator import Activator
 from controller.auth import Authenticator, Identity
+from controller.waiters import Completed
 from squall.errors import BadRequest, NotFound, Unauthenticated
 
 CORS = {
@@ -66,6 +67,11 @@ class WebActions:
         if len(json.dumps(params)) > self._max_payload:
             return _error(413, "The request content was too large.")
         activation_id, record = await self._activator.invoke(owner, resolved, params, namespace, True, self._wait_s)
+        answer = self._answer(doc, extension, activation_id, record)
+        answer.headers["x-openwhisk-activation-id"] = activation_id   # as OpenWhisk's web actions answer
+        return answer
+
+    def _answer(self, doc: dict, extension: str, activation_id: str, record: Completed | None) -> WebResponse:
         if record is None:
             return WebResponse(202, {"Content-Type": "application/json", **CORS},
                                json.dumps({"activationId": activation_id}).encode())

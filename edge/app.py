@@ -24,6 +24,7 @@ from squall.metrics import EdgeMetrics
 API = "/api/v1"
 JSON = "application/json"
 TRUE = ("true", "True", "1", "yes")
+ACTIVATION_ID = "x-openwhisk-activation-id"
 
 STUB = web.AppKey("stub", pb_grpc.SquallStub)
 INVOKES = web.AppKey("invokes", InvokeStream)
@@ -33,6 +34,12 @@ METRICS = web.AppKey("metrics", EdgeMetrics)
 
 def _json(body: bytes, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, content_type=JSON)
+
+
+def _activation_json(body: bytes, activation_id: str, status: int = 200) -> web.Response:
+    """An invocation's answer, with its activation id in OpenWhisk's header too (a result-only
+    body does not carry it)."""
+    return web.Response(status=status, body=body, content_type=JSON, headers={ACTIVATION_ID: activation_id})
 
 
 def _meta(request: web.Request) -> tuple[tuple[str, str], ...]:
@@ -133,9 +140,10 @@ async def invoke(request: web.Request) -> web.Response:
         result_only=_flag(request, "result"), wait_ms=_int(request, "timeout")),
         request.headers.get("Authorization"), timeout_s=wait_s + 30)
     if not reply.done:
-        return _json(json.dumps({"activationId": reply.activation_id}).encode(), 202)
+        return _activation_json(json.dumps({"activationId": reply.activation_id}).encode(), reply.activation_id, 202)
     status = ACTIVATION_TO_HTTP.get(reply.status_code, 500)
-    return _json(reply.result_json if _flag(request, "result") else reply.activation_json, status)
+    return _activation_json(reply.result_json if _flag(request, "result") else reply.activation_json,
+                            reply.activation_id, status)
 
 
 async def get_activation(request: web.Request) -> web.Response:
@@ -170,7 +178,8 @@ async def list_activations(request: web.Request) -> web.Response:
     m, q = request.match_info, request.query
     reply = await request.app[STUB].ListActivations(pb.ListActivationsRequest(
         namespace=m["ns"], name=q.get("name", ""), since=_int(request, "since"), upto=_int(request, "upto"),
-        skip=_int(request, "skip"), limit=_int(request, "limit"), docs=_flag(request, "docs")),
+        skip=_int(request, "skip"), limit=_int(request, "limit"), docs=_flag(request, "docs"),
+        count=_flag(request, "count")),
         metadata=_meta(request))
     return _json(reply.list_json)
 
@@ -179,7 +188,9 @@ async def fire_trigger(request: web.Request) -> web.Response:
     m = request.match_info
     reply = await request.app[STUB].FireTrigger(pb.FireRequest(
         namespace=m["ns"], name=m["name"], params_json=await request.read()), metadata=_meta(request))
-    return _json(json.dumps({"activationId": reply.activation_id}).encode(), 202)
+    if not reply.activation_id:   # no active rule: nothing ran (OpenWhisk's 204)
+        return web.Response(status=204)
+    return _activation_json(json.dumps({"activationId": reply.activation_id}).encode(), reply.activation_id, 202)
 
 
 async def set_rule_status(request: web.Request) -> web.Response:
@@ -230,7 +241,7 @@ def routes() -> list[tuple[str, str, Handler, Doc]]:
         ("GET", API + "/invokers", list_invokers, Doc("The invokers: status, capacity and load")),
         ("GET", ns + "/limits", get_limits, Doc("The namespace's throttles")),
         ("GET", ns + "/activations", list_activations,
-         Doc("List activations, newest first", query=("name", "since", "upto", "skip", "limit", "docs"))),
+         Doc("List activations, newest first", query=("name", "since", "upto", "skip", "limit", "docs", "count"))),
         ("GET", ns + "/activations/", list_activations, Doc("List activations")),
         ("GET", ns + "/activations/{id}", get_activation, Doc("An activation record")),
         ("GET", ns + "/activations/{id}/{part:result|logs}", get_activation_part, Doc("An activation's result or logs")),
@@ -242,7 +253,8 @@ def routes() -> list[tuple[str, str, Handler, Doc]]:
         ("POST", ns + "/actions/{name:.+}", invoke,
          Doc("Invoke an action", {"200": "the activation (blocking)", "202": "the activation id"},
              query=("blocking", "result", "timeout"), body=True)),
-        ("POST", ns + "/triggers/{name}", fire_trigger, Doc("Fire a trigger", {"202": "the trigger's activation id"}, body=True)),
+        ("POST", ns + "/triggers/{name}", fire_trigger,
+         Doc("Fire a trigger", {"202": "the trigger's activation id", "204": "no active rule: nothing ran"}, body=True)),
         ("POST", ns + "/rules/{name}", set_rule_status, Doc("Enable or disable a rule", body=True)),
         ("*", API + "/web/{ns}/{pkg}/{rest:.+}", web_action,
          Doc("A web action: {action}.{json|html|http|text|svg}[/path]", {"200": "the action's response"}, body=True)),

@@ -114,10 +114,11 @@ class SquallClient:
         return Invocation(reply.activation_id, reply.done,
                           json.loads(reply.activation_json) if reply.done else None)
 
-    async def fire(self, trigger: str, params: dict | None = None) -> str:
+    async def fire(self, trigger: str, params: dict | None = None) -> str | None:
+        """The trigger's activation id; None if it has no active rule (nothing ran)."""
         reply = await self._call("FireTrigger", pb.FireRequest(
             namespace=self.namespace, name=trigger, params_json=_dumps(params or {})))
-        return reply.activation_id
+        return reply.activation_id or None
 
     async def activation(self, activation_id: str) -> dict:
         reply = await self._call("GetActivation", pb.ActivationRef(namespace=self.namespace, activation_id=activation_id))

@@ -118,6 +118,9 @@ class Store:
             "activation_put_ns": "INSERT INTO {ks}.activations_by_namespace (namespace, start, activation_id, name, doc) VALUES (?, ?, ?, ?, ?)",
             "activation_get": "SELECT namespace, doc FROM {ks}.activations WHERE activation_id = ?",
             "activation_list": "SELECT doc FROM {ks}.activations_by_namespace WHERE namespace = ? AND start >= ? AND start <= ? LIMIT ?",
+            "activation_count": "SELECT COUNT(*) FROM {ks}.activations_by_namespace WHERE namespace = ? AND start >= ? AND start <= ?",
+            # One partition, filtered where it is read.
+            "activation_count_named": "SELECT COUNT(*) FROM {ks}.activations_by_namespace WHERE namespace = ? AND start >= ? AND start <= ? AND name = ? ALLOW FILTERING",
         }
         queries = {name: q.format(ks=self._config.keyspace) for name, q in queries.items()}
         names = list(queries)
@@ -236,6 +239,14 @@ class Store:
         """Newest first, start within [since, upto] (0: unbounded)."""
         rows = await self._run(self._exec("activation_list", namespace, since or 0, upto or 2**62, limit))
         return [json.loads(r.doc) for r in rows]
+
+    async def count_activations(self, namespace: str, since: int = 0, upto: int = 0, name: str = "") -> int:
+        """How many start within [since, upto] (0: unbounded), of the action with this short name
+        if one is given."""
+        bounds = (namespace, since or 0, upto or 2**62)
+        rows = await self._run(self._exec("activation_count_named", *bounds, name) if name
+                               else self._exec("activation_count", *bounds))
+        return rows[0].count if rows else 0
 
 
 def _unavailable(exc: BaseException) -> Unavailable:

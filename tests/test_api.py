@@ -70,9 +70,13 @@ def test_create_get_list_invoke_blocking(api, stack, unique, kind):
     assert any("stderr: to stderr" in line for line in logs), logs
     assert not any("XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX" in line for line in logs)
 
-    # The second invocation reuses the warm container: no init.
+    assert r.headers["x-openwhisk-activation-id"] == activation["activationId"]
+
+    # The second invocation reuses the warm container: no init. A result alone still says its
+    # activation, in OpenWhisk's header.
     r = api.post(stack.url(f"/namespaces/_/actions/{unique}?blocking=true&result=true"), json={"name": "again"})
     assert r.status_code == 200 and r.json() == {"greeting": "Hello, again!", "default": 42}
+    assert poll_activation(api, stack, r.headers["x-openwhisk-activation-id"])["response"]["result"] == r.json()
 
 
 def test_non_blocking_then_fetch_record_and_read_cassandra(api, stack, unique):
@@ -80,6 +84,7 @@ def test_non_blocking_then_fetch_record_and_read_cassandra(api, stack, unique):
     r = api.post(stack.url(f"/namespaces/_/actions/{unique}"), json={"name": "later"})
     assert r.status_code == 202, r.text
     activation_id = r.json()["activationId"]
+    assert r.headers["x-openwhisk-activation-id"] == activation_id
     record = poll_activation(api, stack, activation_id)
     assert record["response"]["result"]["greeting"] == "Hello, later!"
     assert record["end"] >= record["start"] and record["duration"] == record["end"] - record["start"]

@@ -123,20 +123,26 @@ def test_triggers_fire_active_rules_with_merged_parameters(api, stack, unique):
     assert got["rules"] == {f"{stack.namespace}/{unique}-r": {"action": {"path": stack.namespace, "name": f"{unique}-a"},
                                                             "status": "active"}}
 
+    # A second rule, disabled: listed in the trigger's activation as not run (as OpenWhisk does).
+    put(api, stack, f"rules/{unique}-off", {"trigger": f"/_/{unique}", "action": f"/_/{unique}-a", "status": "inactive"})
     r = api.post(stack.url(f"/namespaces/_/triggers/{unique}"), json={"level": "high"})
     assert r.status_code == 202, r.text
+    assert r.headers["x-openwhisk-activation-id"] == r.json()["activationId"]
     fired = poll_activation(api, stack, r.json()["activationId"])
-    assert fired["response"]["result"] == {"source": "trigger", "level": "high"}
-    [entry] = [json.loads(line) for line in fired["logs"]]
-    assert entry["success"] is True and entry["rule"] == f"{stack.namespace}/{unique}-r"
+    assert fired["response"]["result"] == {"level": "high"}   # the payload as fired
+    entries = {e["rule"]: e for e in (json.loads(line) for line in fired["logs"])}
+    entry, off = entries[f"{stack.namespace}/{unique}-r"], entries[f"{stack.namespace}/{unique}-off"]
+    assert entry["success"] is True
+    assert off["success"] is False and "activationId" not in off
+    assert off["error"] == f"Rule '{stack.namespace}/{unique}-off' is inactive, action '{stack.namespace}/{unique}-a' was not activated."
     ran = poll_activation(api, stack, entry["activationId"])
     assert ran["response"]["result"] == {"source": "trigger", "level": "high"}
 
-    # Disabled, the rule no longer fires its action.
+    # With no active rule, firing runs nothing and records nothing: 204, as in OpenWhisk.
     r = api.post(stack.url(f"/namespaces/_/rules/{unique}-r"), json={"status": "inactive"})
     assert r.status_code == 200 and r.json()["status"] == "inactive"
     r = api.post(stack.url(f"/namespaces/_/triggers/{unique}"), json={})
-    assert poll_activation(api, stack, r.json()["activationId"])["logs"] == []
+    assert r.status_code == 204 and r.content == b""
     assert api.post(stack.url(f"/namespaces/_/rules/{unique}-r"), json={"status": "sideways"}).status_code == 400
     assert api.post(stack.url(f"/namespaces/_/triggers/{unique}-missing"), json={}).status_code == 404
     r = api.put(stack.url(f"/namespaces/_/rules/{unique}-bad"), json={"trigger": f"/_/{unique}", "action": "/_/nope"})
@@ -199,6 +205,11 @@ def test_activations_are_listed_filtered_and_read_in_parts(api, stack, unique):
     assert "response" not in listed[0] and listed[0]["statusCode"] == 0
     docs = api.get(stack.url(f"/namespaces/_/activations?name={unique}&docs=true&skip=1")).json()
     assert [a["activationId"] for a in docs] == ids[::-1][1:] and docs[0]["response"]["success"]
+    count = api.get(stack.url(f"/namespaces/_/activations?name={unique}&count=true&skip=1"))
+    assert count.json() == {"activations": 2}, count.text
+    assert api.get(stack.url(f"/namespaces/_/activations?count=true&since={since}")).json()["activations"] >= 3
+    r = api.get(stack.url(f"/namespaces/_/activations?count=true&docs=true"))
+    assert r.status_code == 400 and r.json()["error"] == "The parameter 'docs' is not permitted with 'count'."
     result = api.get(stack.url(f"/namespaces/_/activations/{ids[0]}/result")).json()
     assert result["result"] == {"ok": True} and result["success"] is True
     logs = api.get(stack.url(f"/namespaces/_/activations/{ids[0]}/logs")).json()["logs"]
@@ -230,6 +241,7 @@ def test_web_actions_answer_plain_http(api, stack, unique):
     plain = requests.Session()                                     # no credentials
     r = plain.post(base + ".json?x=1", json={"y": 2}, headers={"User-Agent": "squall-test"})
     assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert poll_activation(api, stack, r.headers["x-openwhisk-activation-id"])["name"] == "web"
     assert r.json()["got"] == {"x": "1", "y": 2} and r.json()["method"] == "post" and r.json()["agent"] == "squall-test"
     assert plain.get(base + ".html").text == "<b>hi</b>"
     assert plain.get(base + ".text").headers["Content-Type"].startswith("text/plain")
