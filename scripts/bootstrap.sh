@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 say() { echo "[squall] $*"; }
 
 # 1. System packages (Debian). Podman is only needed when no DOCKER_HOST is given.
-packages=(openjdk-17-jre-headless maven debootstrap curl ca-certificates)
+# nftables: the firewall between action containers and the services (squall/netns.py).
+packages=(openjdk-17-jre-headless maven debootstrap curl ca-certificates iproute2 nftables)
 if [ -z "${DOCKER_HOST:-}" ]; then
   packages+=(podman runc netavark aardvark-dns iptables catatonit conmon)
 fi

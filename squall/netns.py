@@ -11,12 +11,18 @@ bridge network) through the host, which routes between the two bridges. Action c
 firewalled from the whole /24 (new connections rejected), so they reach neither the services nor
 the invokers. Cutting an invoker off the network is taking its host-side veth down.
 
-Everything here is idempotent; it needs root, iproute2 and iptables.
+The firewall is an nftables table of its own, not a rule in iptables' filter chains: the engine
+keeps its own rules there (netavark, Docker) and puts them first whenever it sets up its network
+again, and its "accept what comes from the containers' bridge" then settled those packets before
+our rule was ever reached (seen: actions reached the invokers' metrics ports). A table's base
+chain at a priority before the filter table's sees every packet, and its reject is final,
+whatever another table accepts.
+
+Everything here is idempotent; it needs root, iproute2 and nft.
 """
 from __future__ import annotations
 
 import ipaddress
-import shlex
 import shutil
 import subprocess
 from typing import Callable
@@ -50,20 +56,30 @@ def _exists(kind: str, name: str) -> bool:
     return _ip("link", "show", name, check=False).returncode == 0
 
 
-COMMENT = "squall: containers stay out"
+TABLE = "squall"   # nftables: inet squall
 
 
-def _firewall_rules(subnet: str, container_subnets: list[str]) -> list[list[str]]:
-    rules = []
-    for source in container_subnets:
-        for chain in ("INPUT", "FORWARD"):
-            rules.append([chain, "-s", source, "-d", subnet, "-m", "conntrack", "--ctstate", "NEW",
-                          "-j", "REJECT", "-m", "comment", "--comment", COMMENT])
-    return rules
+def _nft(script: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"nft: {done.stderr.strip()}")
+    return done
 
 
-def _iptables(action: str, rule: list[str]) -> bool:
-    return subprocess.run(["iptables", action, *rule], capture_output=True).returncode == 0
+def _firewall(subnet: str, container_subnets: list[str]) -> str:
+    """The table, replaced whole in one transaction: new connections from the containers'
+    networks to the subnet are rejected, to the host (input) and through it (forward)."""
+    ipv4 = [s for s in container_subnets if ":" not in s]   # (the subnet is IPv4: v6 cannot reach it)
+    if not ipv4:
+        raise RuntimeError(f"the containers' network has no IPv4 subnet to firewall: {container_subnets}")
+    sources = ", ".join(ipv4)
+    rule = f"ip saddr {{ {sources} }} ip daddr {subnet} ct state new reject"
+    chains = "".join(f"""
+  chain {hook} {{
+    type filter hook {hook} priority filter - 10; policy accept;
+    {rule}
+  }}""" for hook in ("input", "forward"))
+    return f"add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{{chains}\n}}\n"
 
 
 def setup(subnet: str, invokers: int, container_subnets: list[str], log: Callable[[str], None]) -> None:
@@ -94,15 +110,13 @@ def setup(subnet: str, invokers: int, container_subnets: list[str], log: Callabl
         _ip("link", "set", ns_end, "up", netns=ns)
         _ip("link", "set", "lo", "up", netns=ns)
         _ip("route", "replace", "default", "via", str(net[1]), netns=ns)
-    for rule in _firewall_rules(subnet, container_subnets):
-        if not _iptables("-C", rule):
-            _iptables("-I", rule)
+    _nft(_firewall(subnet, container_subnets))
 
 
 def teardown() -> None:
-    """Remove the namespaces, the bridge and the firewall rules (found by their comment, so no
-    engine needs to answer to say which subnets they were for); nothing if there are none."""
-    if not shutil.which("ip") or not shutil.which("iptables"):
+    """Remove the namespaces, the bridge and the firewall table (no engine needs to answer to
+    say which subnets it was for); nothing if there are none."""
+    if not shutil.which("ip"):
         return
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     for ns in listed:
@@ -112,12 +126,8 @@ def teardown() -> None:
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
     if _exists("link", BRIDGE):
         _ip("link", "delete", BRIDGE, check=False)
-    for chain in ("INPUT", "FORWARD"):
-        listing = subprocess.run(["iptables", "-S", chain], capture_output=True, text=True).stdout
-        for line in listing.splitlines():
-            if COMMENT in line and line.startswith("-A "):
-                # "-A CHAIN spec...": the same spec after -D deletes it.
-                subprocess.run(["iptables", "-D", *shlex.split(line[3:])], capture_output=True)
+    if shutil.which("nft"):
+        _nft(f"add table inet {TABLE}\ndelete table inet {TABLE}\n", check=False)
 
 
 def cut(invoker_id: int) -> None:

@@ -356,7 +356,7 @@ def ensure_images(cfg: SquallConfig, layout: Layout) -> None:
     images.ensure_images(_engine(cfg), layout.root / "images", log=say)
 
 
-def _container_subnets(cfg: SquallConfig) -> list[str]:
+def container_subnets(cfg: SquallConfig) -> list[str]:
     """The subnets of the engine's network(s) action containers join."""
     from container_pool.docker_backend import default_network
     client = _engine(cfg)
@@ -368,7 +368,7 @@ def _network_namespaces(cfg: SquallConfig, layout: Layout) -> None:
     """Invokers in namespaces of their own (see squall.netns), or none: recorded for later
     commands, which must see the stack as it runs, whatever their own environment says."""
     if cfg.invoker.netns_subnet:
-        netns.setup(cfg.invoker.netns_subnet, cfg.controller.invokers, _container_subnets(cfg), log=say)
+        netns.setup(cfg.invoker.netns_subnet, cfg.controller.invokers, container_subnets(cfg), log=say)
         layout.topology.write_text(cfg.invoker.netns_subnet)
     else:
         layout.topology.unlink(missing_ok=True)
