@@ -293,34 +293,49 @@ class SquallService(pb_grpc.SquallServicer):
         with self._metrics.hops.labels("invoke").time():
             return await self._invoke(request, self._authorization(context))
 
-    async def InvokeStream(self, calls, context):
+    async def InvokeStream(self, batches, context):
         """Invoke, for each call on the stream, each in a task of its own; results go back as
-        they finish. When the caller closes its side, the calls under way still finish."""
-        results: asyncio.Queue[pb.InvokeResult | None] = asyncio.Queue()
+        they finish, those that finish while a message is being written together in the next.
+        When the caller closes its side, the calls under way still finish."""
+        results: list[pb.InvokeResult] = []
+        ready = asyncio.Event()          # results to send, or the caller's side closed
         running: set[asyncio.Task] = set()
+        reading = True
+
+        def done(result: pb.InvokeResult) -> None:
+            results.append(result)
+            ready.set()
 
         async def one(call: pb.InvokeCall) -> None:
             try:
                 with self._metrics.hops.labels("invoke").time():
                     reply = await self._invoke(call.request, call.authorization)
-                results.put_nowait(pb.InvokeResult(id=call.id, reply=reply))
+                done(pb.InvokeResult(id=call.id, reply=reply))
             except Exception as exc:
                 code, details = self._status(exc, "Invoke")
-                results.put_nowait(pb.InvokeResult(id=call.id, code=code.value[0], details=details))
+                done(pb.InvokeResult(id=call.id, code=code.value[0], details=details))
 
         async def read() -> None:
-            async for call in calls:
-                task = asyncio.create_task(one(call))
-                running.add(task)
-                task.add_done_callback(running.discard)
+            nonlocal reading
+            async for batch in batches:
+                for call in batch.calls:
+                    task = asyncio.create_task(one(call))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
             if running:
                 await asyncio.wait(set(running))
-            results.put_nowait(None)
+            reading = False
+            ready.set()
 
         reader = asyncio.create_task(read())
         try:
-            while (result := await results.get()) is not None:
-                yield result
+            while results or reading:
+                await ready.wait()
+                ready.clear()
+                if results:
+                    batch = pb.InvokeResults(results=results[:])
+                    results.clear()
+                    yield batch
         finally:
             reader.cancel()   # the stream is gone: calls under way finish, their results have nowhere to go
 

@@ -2,9 +2,10 @@
 
 A unary gRPC call costs the edge and the controller each a call set-up, and more wake-ups,
 than a message on a stream that is already open (measured here: 0.37-0.5 ms against 0.2 ms
-a round trip, and a third more calls per second). The stream opens on first use and again
-after it breaks; calls under way when it breaks fail as UNAVAILABLE, as a unary call to a
-controller going away would.
+a round trip, and a third more calls per second). Calls that queue up while a message is
+being written go in the next message together, and the controller sends results back the
+same way. The stream opens on first use and again after it breaks; calls under way when it
+breaks fail as UNAVAILABLE, as a unary call to a controller going away would.
 """
 from __future__ import annotations
 
@@ -35,20 +36,27 @@ class InvokeStream:
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._writing = asyncio.Lock()   # a stream takes one write at a time
+        self._queued: list[pb.InvokeCall] = []   # calls waiting for the next write
         self._readers: set[asyncio.Task] = set()
 
     async def invoke(self, request: pb.InvokeRequest, authorization: str | None, timeout_s: float) -> pb.InvokeReply:
         call_id = next(self._ids)
         answer = asyncio.get_running_loop().create_future()
         self._pending[call_id] = answer
+        self._queued.append(pb.InvokeCall(id=call_id, authorization=authorization or "", request=request))
         try:
             async with self._writing:
-                call = self._open()
-                try:
-                    await call.write(pb.InvokeCall(id=call_id, authorization=authorization or "", request=request))
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                    self._broken(call)
-                    raise CallFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+                # Whoever gets to write takes every call queued meanwhile: under load, one
+                # message (and one wake-up of each side) carries many. Empty: an earlier writer
+                # took this call along.
+                if self._queued:
+                    calls, self._queued = self._queued, []
+                    call = self._open()
+                    try:
+                        await call.write(pb.InvokeCalls(calls=calls))
+                    except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                        self._broken(call)   # fails the calls taken along, too
+                        raise CallFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
             try:
                 result = await asyncio.wait_for(answer, timeout_s)
             except asyncio.TimeoutError:
@@ -69,26 +77,30 @@ class InvokeStream:
 
     async def _read(self, call) -> None:
         try:
-            async for result in call:
-                answer = self._pending.get(result.id)
-                if answer is not None and not answer.done():
-                    answer.set_result(result)
+            async for results in call:
+                for result in results.results:
+                    answer = self._pending.get(result.id)
+                    if answer is not None and not answer.done():
+                        answer.set_result(result)
         except grpc.aio.AioRpcError:
             pass
         finally:
             self._broken(call)
 
     def _broken(self, call) -> None:
-        """The stream ended: the next call opens another; the calls it carried fail."""
+        """The stream ended: the next call opens another; the calls it carried fail (those
+        still queued go on the next one)."""
         if self._call is not call:
             return
         self._call = None
         call.cancel()
-        for answer in self._pending.values():
-            if not answer.done():
+        unsent = {c.id for c in self._queued}
+        for call_id, answer in self._pending.items():
+            if call_id not in unsent and not answer.done():
                 answer.set_exception(CallFailed(grpc.StatusCode.UNAVAILABLE, "the controller's stream ended"))
 
     async def close(self) -> None:
+        self._queued.clear()   # nothing more is sent: every call under way fails
         if self._call is not None:
             self._broken(self._call)
         for reader in list(self._readers):

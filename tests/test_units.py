@@ -1,6 +1,7 @@
 """Unit tests of pure logic: no stack needed."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -303,3 +304,90 @@ def test_the_action_cache_reads_each_revision_once_and_keeps_the_most_recently_u
         assert store.reads == ["b"]
         assert await cache.get("ns", "missing", "0.0.1@1") is None
     asyncio.run(scenario())
+
+
+class _StandInStreamCall:
+    """Stand-in for a grpc.aio stream-stream call, for the unit test below only: records what is
+    written (each write waits for `released`), and yields the results the test feeds it."""
+
+    def __init__(self):
+        self.written: list[list[int]] = []
+        self.released = asyncio.Event()
+        self._results: asyncio.Queue = asyncio.Queue()
+
+    async def write(self, message) -> None:
+        self.written.append([c.id for c in message.calls])
+        await self.released.wait()
+
+    def answer(self, *ids: int) -> None:
+        from proto import squall_pb2 as pb
+        self._results.put_nowait(pb.InvokeResults(results=[
+            pb.InvokeResult(id=i, reply=pb.InvokeReply(activation_id=f"a{i}")) for i in ids]))
+
+    def end(self) -> None:
+        self._results.put_nowait(None)
+
+    def cancel(self) -> None:
+        self.end()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        result = await self._results.get()
+        if result is None:
+            raise StopAsyncIteration
+        return result
+
+
+def test_the_edge_stream_sends_calls_that_queue_up_together_and_resends_unsent_ones_after_a_break():
+    import grpc
+    from edge.stream import CallFailed, InvokeStream
+    from proto import squall_pb2 as pb
+
+    class Stub:
+        def __init__(self):
+            self.streams: list[_StandInStreamCall] = []
+
+        def InvokeStream(self):
+            self.streams.append(_StandInStreamCall())
+            return self.streams[-1]
+
+    async def until(condition) -> None:
+        while not condition():
+            await asyncio.sleep(0)
+
+    async def scenario():
+        stub = Stub()
+        stream = InvokeStream(stub)
+        invoke = lambda: asyncio.create_task(stream.invoke(pb.InvokeRequest(name="x"), None, 5))
+        # The first call is written alone; the four that come while it is written go in one message.
+        tasks = [invoke() for _ in range(5)]
+        await until(lambda: stub.streams and stub.streams[0].written)
+        first = stub.streams[0]
+        first.released.set()
+        await until(lambda: len(first.written) == 2)
+        assert first.written == [[1], [2, 3, 4, 5]]
+        first.answer(1, 2, 3, 4, 5)
+        assert [r.activation_id for r in await asyncio.gather(*tasks)] == ["a1", "a2", "a3", "a4", "a5"]
+        # The stream breaks while call 6 is being written and call 7 waits: 6 fails as UNAVAILABLE,
+        # 7 goes on a new stream.
+        first.released.clear()
+        six = invoke()
+        await until(lambda: len(first.written) == 3)
+        seven = invoke()
+        await asyncio.sleep(0)
+        first.end()
+        first.released.set()
+        with pytest.raises(CallFailed) as failed:
+            await six
+        assert failed.value.code is grpc.StatusCode.UNAVAILABLE
+        await until(lambda: len(stub.streams) == 2 and stub.streams[1].written)
+        second = stub.streams[1]
+        assert second.written == [[7]]
+        second.released.set()
+        second.answer(7)
+        assert (await seven).activation_id == "a7"
+        await stream.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
