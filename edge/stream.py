@@ -45,18 +45,11 @@ class InvokeStream:
         self._pending[call_id] = answer
         self._queued.append(pb.InvokeCall(id=call_id, authorization=authorization or "", request=request))
         try:
-            async with self._writing:
-                # Whoever gets to write takes every call queued meanwhile: under load, one
-                # message (and one wake-up of each side) carries many. Empty: an earlier writer
-                # took this call along.
-                if self._queued:
-                    calls, self._queued = self._queued, []
-                    call = self._open()
-                    try:
-                        await call.write(pb.InvokeCalls(calls=calls))
-                    except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                        self._broken(call)   # fails the calls taken along, too
-                        raise CallFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            try:
+                await self._write_queued()
+            except asyncio.CancelledError:   # its caller went away: if it was not sent, it never is
+                self._queued = [c for c in self._queued if c.id != call_id]
+                raise
             try:
                 result = await asyncio.wait_for(answer, timeout_s)
             except asyncio.TimeoutError:
@@ -66,6 +59,21 @@ class InvokeStream:
         if result.code:
             raise CallFailed(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.details)
         return result.reply
+
+    async def _write_queued(self) -> None:
+        async with self._writing:
+            # Whoever gets to write takes every call queued meanwhile: under load, one message
+            # (and one wake-up of each side) carries many. Empty: an earlier writer took this
+            # call along.
+            if not self._queued:
+                return
+            calls, self._queued = self._queued, []
+            call = self._open()
+            try:
+                await call.write(pb.InvokeCalls(calls=calls))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                self._broken(call)   # fails the calls taken along, too
+                raise CallFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
 
     def _open(self):
         if self._call is None:
