@@ -145,10 +145,7 @@ class Activator:
         self._throttles.admit_invoke(user_ns)
         merged = self.merge(resolved, params)
         if self._composite(resolved):
-            activation_id = uuid.uuid4().hex
-            task = asyncio.create_task(self._compose(identity, resolved, merged, user_ns, activation_id, ""))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            activation_id, task = self._composing(identity, resolved, merged, user_ns)
             if not blocking:
                 return activation_id, None
             try:
@@ -257,6 +254,16 @@ class Activator:
         return activation_id, json.loads(record.record)
 
     # Compositions
+
+    def _composing(self, identity: Identity, resolved: Resolved, params: dict,
+                   user_ns: str) -> tuple[str, asyncio.Task]:
+        """A composition, run by this controller in a task of its own (kept until it ends): its
+        activation id and the task."""
+        activation_id = uuid.uuid4().hex
+        task = asyncio.create_task(self._compose(identity, resolved, params, user_ns, activation_id, ""))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return activation_id, task
 
     async def _compose(self, identity: Identity, resolved: Resolved, params: dict, user_ns: str,
                        activation_id: str, cause: str) -> dict:
@@ -382,10 +389,7 @@ class Activator:
             target = await self.resolve(identity, ns, f"{package}/{ref['name']}" if package else ref["name"])
             merged = self.merge(target, params)
             if self._composite(target):
-                sub_id = uuid.uuid4().hex
-                task = asyncio.create_task(self._compose(identity, target, merged, namespace, sub_id, ""))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                sub_id, _ = self._composing(identity, target, merged, namespace)
             else:
                 sub_id, _ = await self._publish(identity, target, merged, namespace, "", False)
         except SquallError as exc:
