@@ -389,7 +389,7 @@ class SquallService(pb_grpc.SquallServicer):
             if "/" not in request.name:
                 count = await self._store.count_activations(ns, request.since, request.upto, request.name)
                 return pb.ListReply(list_json=_dumps({"activations": max(count - skip, 0)}))
-            limit = 2**31   # a package's action: counted from the records, as they are listed
+            # A package's action: counted from its records, read and filtered as they are listed.
         # Newest first from the namespace's partition; filters applied as it is read.
         records = await self._store.list_activations(ns, since=request.since, upto=request.upto,
                                                      limit=skip + limit if not request.name else 10_000)
@@ -403,9 +403,9 @@ class SquallService(pb_grpc.SquallServicer):
             short = request.name.rsplit("/", 1)[-1]
             records = [r for r in records if r.get("name") == short and
                        (short == request.name or _path(r).endswith("/" + request.name))]
-        records = records[skip:skip + limit]
         if request.count:
-            return pb.ListReply(list_json=_dumps({"activations": len(records)}))
+            return pb.ListReply(list_json=_dumps({"activations": len(records[skip:])}))
+        records = records[skip:skip + limit]
         if not request.docs:
             records = [{k: v for k, v in r.items() if k not in ("response", "logs")}
                        | {"statusCode": r.get("response", {}).get("statusCode", r.get("statusCode"))}

@@ -208,6 +208,10 @@ def test_activations_are_listed_filtered_and_read_in_parts(api, stack, unique):
     count = api.get(stack.url(f"/namespaces/_/activations?name={unique}&count=true&skip=1"))
     assert count.json() == {"activations": 2}, count.text
     assert api.get(stack.url(f"/namespaces/_/activations?count=true&since={since}")).json()["activations"] >= 3
+    put(api, stack, f"packages/{unique}", {})
+    put(api, stack, f"actions/{unique}/inner", action("def main(args):\n    return {}\n"))
+    invoke(api, stack, f"{unique}/inner")
+    assert api.get(stack.url(f"/namespaces/_/activations?name={unique}/inner&count=true")).json() == {"activations": 1}
     r = api.get(stack.url(f"/namespaces/_/activations?count=true&docs=true"))
     assert r.status_code == 400 and r.json()["error"] == "The parameter 'docs' is not permitted with 'count'."
     result = api.get(stack.url(f"/namespaces/_/activations/{ids[0]}/result")).json()
