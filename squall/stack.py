@@ -398,7 +398,9 @@ def running_config() -> SquallConfig:
 
 
 def up() -> SquallConfig:
-    cfg, layout = prepare()
+    base = SquallConfig.from_env()
+    base = _reshape(base, Layout(base.paths.state))
+    cfg, layout = prepare(base)
     provision(cfg, layout)
     comps = components(cfg, layout)
     namespaces_ready = False
@@ -419,22 +421,61 @@ def up() -> SquallConfig:
     return cfg
 
 
+def _running(layout: Layout) -> bool:
+    return any(running_pid(layout, p.stem) for p in layout.run.glob("*.pid"))
+
+
 def _as_running(cfg: SquallConfig, layout: Layout) -> SquallConfig:
     """While the stack runs, its shape wins over this command's environment: as many invokers,
     controller replicas and edge workers as have pid files (one that died is started again, a
     stack started with more is stopped and shown whole), and network namespaces if and only if it
-    was started with them."""
+    was started with them. (`up` asked for another shape restarts it first: see _reshape.)"""
     def count(role: str, configured: int) -> int:
         ids = [int(p.stem[len(role):]) for p in layout.run.glob(f"{role}*.pid") if p.stem[len(role):].isdigit()]
         return max([configured, *(i + 1 for i in ids)])
     invoker = cfg.invoker
-    if any(running_pid(layout, p.stem) for p in layout.run.glob("*.pid")):
+    if _running(layout):
         subnet = layout.topology.read_text().strip() if layout.topology.exists() else ""
         invoker = replace(invoker, netns_subnet=subnet)
     return replace(cfg, invoker=invoker,
                    controller=replace(cfg.controller, invokers=count("invoker", cfg.controller.invokers),
                                       replicas=count("controller", cfg.controller.replicas)),
                    edge=replace(cfg.edge, workers=count("edge", cfg.edge.workers)))
+
+
+INFRASTRUCTURE = ("podman", "nats", "cassandra")
+
+
+def _reshape(base: SquallConfig, layout: Layout) -> SquallConfig:
+    """`up` asked for more processes of a role than run, or (by setting
+    SQUALL_INVOKER_NETNS_SUBNET) for other network namespaces: `make test` after `make up`, say.
+    A process learns its peers' count and addresses only as it starts (the controller counts the
+    invokers, a lone edge worker holds its port alone, services listen on the bridge or on
+    loopback), so the running ones are stopped first: Squall's own processes, and for other
+    namespaces the services too. Data is kept. What up then starts: the larger of each count,
+    in the namespaces asked for. Nothing running, or nothing more asked: nothing is stopped."""
+    if not layout.run.is_dir() or not _running(layout):
+        return base
+    running = _as_running(replace(base, controller=replace(base.controller, invokers=1, replicas=1),
+                                  edge=replace(base.edge, workers=1)), layout)
+    wanted = _as_running(base, layout)   # the larger counts, the running namespaces
+    subnet = os.environ.get("SQUALL_INVOKER_NETNS_SUBNET", running.invoker.netns_subnet)
+    moved = subnet != running.invoker.netns_subnet
+    grown = (wanted.controller.invokers, wanted.controller.replicas, wanted.edge.workers) != (
+        running.controller.invokers, running.controller.replicas, running.edge.workers)
+    if not (moved or grown):
+        return base
+    say(f"restarting in the shape asked for: {wanted.controller.invokers} invoker(s), "
+        f"{wanted.controller.replicas} controller(s), {wanted.edge.workers} edge worker(s), "
+        f"network namespaces {subnet or 'none'}")
+    if moved:
+        down()
+    else:
+        cfg = configure(running, layout, load_secrets(layout))
+        for comp in reversed(components(cfg, layout)):
+            if comp.name not in INFRASTRUCTURE:
+                stop(layout, comp.name, comp.stop_timeout)
+    return replace(wanted, invoker=replace(wanted.invoker, netns_subnet=subnet))
 
 
 def down() -> None:

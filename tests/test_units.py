@@ -391,3 +391,32 @@ def test_the_edge_stream_sends_calls_that_queue_up_together_and_resends_unsent_o
         await stream.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_up_restarts_a_running_stack_only_for_a_shape_it_is_not_in(tmp_path, monkeypatch):
+    """`make test` after `make up`: more invokers or edge workers than run restart Squall's own
+    processes; other network namespaces restart everything; the same or a smaller shape nothing.
+    (Pid files of this very process stand for running components; stopping is recorded, not done.)"""
+    from squall import stack
+    layout = stack.Layout(tmp_path)
+    layout.run.mkdir(parents=True)
+    for name in ("podman", "nats", "cassandra", "controller", "invoker0", "edge"):
+        layout.pid_file(name).write_text(str(__import__("os").getpid()))
+    (tmp_path / "secrets.json").write_text(json.dumps({"guest_auth": "a:b", "nats_user": "u", "nats_password": "p"}))
+    stopped: list[str] = []
+    monkeypatch.setattr(stack, "stop", lambda layout, name, timeout=0: stopped.append(name))
+    monkeypatch.setattr(stack, "down", lambda: stopped.append("everything"))
+    monkeypatch.delenv("SQUALL_INVOKER_NETNS_SUBNET", raising=False)
+
+    def reshape(env: dict[str, str]) -> SquallConfig:
+        stopped.clear()
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return stack._reshape(SquallConfig.from_env({"SQUALL_PATHS_STATE_DIR": str(tmp_path), **env}), layout)
+
+    assert reshape({}).controller.invokers == 1 and stopped == []
+    cfg = reshape({"SQUALL_CONTROLLER_INVOKERS": "2", "SQUALL_EDGE_WORKERS": "2"})
+    assert (cfg.controller.invokers, cfg.edge.workers, cfg.invoker.netns_subnet) == (2, 2, "")
+    assert stopped == ["edge", "invoker0", "controller"]   # not podman, NATS or Cassandra
+    cfg = reshape({"SQUALL_INVOKER_NETNS_SUBNET": "10.231.0.0/24"})
+    assert cfg.invoker.netns_subnet == "10.231.0.0/24" and stopped == ["everything"]
