@@ -47,7 +47,8 @@ class Invoker:
         self._cfg = cfg
         self._store = store
         self._recorder = Recorder(store, cfg.invoker.record_writers, cfg.invoker.record_batch_max,
-                                  cfg.invoker.record_batch_bytes)
+                                  cfg.invoker.record_batch_bytes, cfg.invoker.record_linger_s,
+                                  metrics.record_write.observe)
         self._nc = nc
         self._js = nc.jetstream()
         self._pool = pool
@@ -283,7 +284,7 @@ class Invoker:
         doc = (body or records.encode(record)).decode()
 
         async def put() -> None:
-            with self._metrics.record_write.time(), self._metrics.hops.labels("record").time():
+            with self._metrics.hops.labels("record").time():   # (queued, gathered and written)
                 await self._recorder.put(record, doc)
         await self._until_stored(put, activation_id, "storing the record")
 

@@ -5,7 +5,8 @@
   throughput         sustained warm blocking invocations per second through the whole stack,
                      with every action homed on one invoker, then spread over all of them
   record write       Cassandra activation record writes (p50, p99), from the invokers' own
-                     timing (their squall_record_write_seconds histogram, over this run)
+                     timing (their squall_record_write_seconds histogram, over this run: each
+                     batch's write, not the records' wait for it)
   cpu per invocation CPU time each kind of process spent per warm invocation during the
                      throughput run with all invokers (from /proc): where the 2 cores go
 """
@@ -201,7 +202,7 @@ HOP_ROWS = (
     ("invoker: completion to the controller (core NATS)", lambda m, e2e: m.get("complete", 0.0), True),
     ("the rest of the wait (asyncio, wake-ups)", lambda m, e2e: m["wait"] + m["publish"] - sum(
         m.get(h, 0.0) for h in ("queue", "mark", "container", "run", "logs", "finish", "complete")), True),
-    ("(after the reply) record written to Cassandra", lambda m, e2e: m.get("record", 0.0), False),
+    ("(after the reply) record to Cassandra: queued, linger, write", lambda m, e2e: m.get("record", 0.0), False),
 )
 
 

@@ -154,10 +154,13 @@ class InvokerConfig:
     ack_wait_s: float = 15.0
     # Activation records go to Cassandra in unlogged batches (see invoker/recorder.py): this many
     # batches in flight at once, each of at most this many records and about this many bytes
-    # (keep it under the cluster's batch_size_fail_threshold, 50 KiB by default).
+    # (keep it under the cluster's batch_size_fail_threshold, 50 KiB by default), gathered for
+    # this long before a batch is taken (0: at once). Callers have their results by then; only
+    # the message's ack waits.
     record_writers: int = 2
     record_batch_max: int = 64
     record_batch_bytes: int = 40_000
+    record_linger_s: float = 0.05
     # Run each local invoker in a network namespace of its own, joined to the host by a veth pair
     # on this /24 (e.g. 10.231.0.0/24): the host's bridge takes .1, invoker n takes .(10+n).
     # NATS, Cassandra and the controller then listen on .1 only, and action containers are

@@ -247,6 +247,26 @@ def test_recorder_batches_what_queues_up_and_fails_every_record_of_a_failed_batc
     asyncio.run(scenario())
 
 
+def test_recorder_lets_records_gather_for_its_linger_and_times_only_the_write():
+    import asyncio
+    from invoker.recorder import Recorder
+
+    async def scenario():
+        store, writes = _FakeRecordStore(), []
+        recorder = Recorder(store, writers=2, max_records=10, max_bytes=5000, linger_s=0.05, observe=writes.append)
+
+        async def put_later(i: int, delay: float) -> None:
+            await asyncio.sleep(delay)
+            await recorder.put({"activationId": f"a{i}"}, "x" * 100)
+        # Arriving 10 ms apart, within one linger: one batch, not one write each.
+        await asyncio.gather(*(put_later(i, i * 0.01) for i in range(4)))
+        assert store.batches == [["a0", "a1", "a2", "a3"]] and store.singles == []
+        assert len(writes) == 4 and all(seconds < 0.05 for seconds in writes)   # the write, not the wait
+        await recorder.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_record_with_its_result_as_the_action_wrote_it_is_the_same_json():
     from squall.jsonbytes import as_sent
     body = b'{"items": [1, 2.5, {"a": "\\u00e9"}], "ok": true}'
