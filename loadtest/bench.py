@@ -275,6 +275,9 @@ def hot_path(bench: "Bench", cfg: SquallConfig, args) -> tuple[dict[str, Figure]
     figures["payload"], figures["result"], figures["code"] = bench.large(max(args.samples // 4, 3))
     rates: dict[str, Rates | float | None] = {}
     rates["jetstream publish-with-ack per s"] = Rates(asyncio.run(hotpath.jetstream_publish_rate(cfg)))
+    for key, label, idle_s in (("js_busy", "JetStream publish-with-ack, back to back", 0.0),
+                               ("js_idle", "JetStream publish-with-ack, after 20 ms idle", 0.02)):
+        figures[key] = Figure(label, asyncio.run(hotpath.jetstream_publish_ms(cfg, idle_s)))
     ports = [cfg.invoker.metrics_endpoint(i) for i in invokers]
     before = hotpath.record_write_histogram(ports)
     home = hotpath.home_of(len(bench.edge.get(props["APIHOST"] + "/api/v1/invokers").json()))
@@ -305,6 +308,7 @@ TARGETS = (  # (ratio name, numerator, denominator, target, "max" or "report")
     ("warm end to end / direct /run", "warm", "direct", 3.0),
     ("unpaused / warm", "unpaused", "warm", 1.5),
     ("warm through gRPC / direct /run", "grpc", "direct", None),
+    ("JetStream round trip after idle / back to back", "js_idle", "js_busy", None),
 )
 
 EXPECTED_START = {"cold": "cold", "prewarmed": "prewarmed", "warm": "warm", "unpaused": "unpaused"}

@@ -1,7 +1,8 @@
 """The hot path's figures for `make bench`, measured in the same run as the pool's:
 
   grpc warm          a warm blocking invoke through the controller's gRPC API (squall.client)
-  jetstream publish  publish-with-ack per second from one nats-py client (the bus's own ceiling)
+  jetstream publish  publish-with-ack per second from one nats-py client (the bus's own ceiling),
+                     and its round trip back to back and after 20 ms of idleness (waking up)
   throughput         sustained warm blocking invocations per second through the whole stack,
                      with every action homed on one invoker, then spread over all of them
   record write       Cassandra activation record writes (p50, p99), from the invokers' own
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import time
 import uuid
@@ -54,26 +56,50 @@ def per_window(stamps: list[float], started: float, seconds: float) -> list[floa
     return [c / WINDOW_S for c in counts]
 
 
-async def jetstream_publish_rate(cfg: SquallConfig, seconds: float = 3.0) -> list[float]:
-    """Publish-with-ack per second from one client, one publish at a time: per-window samples."""
+PAYLOAD = b"x" * 300   # about an activation message's size
+
+
+@contextlib.asynccontextmanager
+async def bench_stream(cfg: SquallConfig):
+    """A JetStream stream of the bench's own on file storage, warmed up: a publish function."""
     nc = await bus.connect(cfg.nats, "bench")
     js = nc.jetstream()
     stream = f"BENCH_{uuid.uuid4().hex[:6]}"
     from nats.js.api import StorageType, StreamConfig
     await js.add_stream(StreamConfig(name=stream, subjects=[f"bench.{stream}"], storage=StorageType.FILE))
     try:
-        payload = b"x" * 300   # about an activation message's size
         for _ in range(50):
-            await js.publish(f"bench.{stream}", payload)
-        stamps: list[float] = []
-        started = time.perf_counter()
-        while time.perf_counter() < started + seconds:
-            await js.publish(f"bench.{stream}", payload)
-            stamps.append(time.perf_counter())
-        return per_window(stamps, started, seconds)
+            await js.publish(f"bench.{stream}", PAYLOAD)
+        yield lambda: js.publish(f"bench.{stream}", PAYLOAD)
     finally:
         await js.delete_stream(stream)
         await nc.close()
+
+
+async def jetstream_publish_rate(cfg: SquallConfig, seconds: float = 3.0) -> list[float]:
+    """Publish-with-ack per second from one client, one publish at a time: per-window samples."""
+    async with bench_stream(cfg) as publish:
+        stamps: list[float] = []
+        started = time.perf_counter()
+        while time.perf_counter() < started + seconds:
+            await publish()
+            stamps.append(time.perf_counter())
+        return per_window(stamps, started, seconds)
+
+
+async def jetstream_publish_ms(cfg: SquallConfig, idle_s: float, n: int = 100) -> list[float]:
+    """Publish-with-ack round trips (ms), one at a time, each after idle_s with nothing to do.
+    Back to back (0) against after a pause: what waking a process that went to sleep costs on
+    this machine, as every hop of an invocation does that finds its process idle."""
+    async with bench_stream(cfg) as publish:
+        samples = []
+        for _ in range(n):
+            if idle_s:
+                await asyncio.sleep(idle_s)
+            started = time.perf_counter()
+            await publish()
+            samples.append((time.perf_counter() - started) * 1000)
+        return samples
 
 
 async def throughput(apihost: str, auth: str, actions: list[str], seconds: float, concurrency: int,
