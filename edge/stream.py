@@ -72,8 +72,14 @@ class InvokeStream:
             try:
                 await call.write(pb.InvokeCalls(calls=calls))
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                self._broken(call)   # fails the calls taken along, too
-                raise CallFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+                # Each caller, this one too, hears it from its answer (raised here as well, this
+                # caller's answer would hold a failure nobody saw, which asyncio logs as an error).
+                failed = CallFailed(grpc.StatusCode.UNAVAILABLE, str(exc))
+                for c in calls:
+                    answer = self._pending.get(c.id)
+                    if answer is not None and not answer.done():
+                        answer.set_exception(failed)
+                self._broken(call)
 
     def _open(self):
         if self._call is None:

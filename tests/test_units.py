@@ -330,12 +330,15 @@ class _StandInStreamCall:
     """Stand-in for a grpc.aio stream-stream call, for the unit test below only: records what is
     written (each write waits for `released`), and yields the results the test feeds it."""
 
-    def __init__(self):
+    def __init__(self, broken: bool = False):
         self.written: list[list[int]] = []
         self.released = asyncio.Event()
         self._results: asyncio.Queue = asyncio.Queue()
+        self._broken = broken   # as a call to a controller that is gone: every write fails
 
     async def write(self, message) -> None:
+        if self._broken:
+            raise asyncio.InvalidStateError("the call has ended")
         self.written.append([c.id for c in message.calls])
         await self.released.wait()
 
@@ -411,6 +414,38 @@ def test_the_edge_stream_sends_calls_that_queue_up_together_and_resends_unsent_o
         await stream.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_a_call_the_edge_stream_cannot_write_fails_once_and_leaves_no_unseen_failure():
+    """The controller is gone: the write fails, the caller gets UNAVAILABLE, and no future is left
+    holding the same failure unseen (asyncio logged each as "Future exception was never retrieved",
+    an error line per refused call, while a controller restarted)."""
+    import gc
+    import grpc
+    from edge.stream import CallFailed, InvokeStream
+    from proto import squall_pb2 as pb
+
+    class Stub:
+        def InvokeStream(self):
+            return _StandInStreamCall(broken=True)
+
+    async def scenario() -> list:
+        reported: list = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context["message"]))
+        stream = InvokeStream(Stub())
+        for _ in range(3):
+            try:
+                await stream.invoke(pb.InvokeRequest(name="x"), None, 5)
+            except CallFailed as exc:
+                assert exc.code is grpc.StatusCode.UNAVAILABLE
+            else:
+                raise AssertionError("a write to a broken stream succeeded")
+        await stream.close()
+        gc.collect()
+        await asyncio.sleep(0)
+        return reported
+
+    assert asyncio.run(scenario()) == []
 
 
 def test_up_restarts_a_running_stack_only_for_a_shape_it_is_not_in(tmp_path, monkeypatch):
