@@ -156,16 +156,17 @@ class AlarmProvider:
         if not str(path).startswith(f"{SYSTEM_NAMESPACE}/{PACKAGE}/"):
             return   # some other action's result that merely mentions the package
         change = (record.get("response") or {}).get("result", {}).get("alarm")
+        if not record.get("response", {}).get("success") or not isinstance(change, dict):
+            return   # the feed refused (its record says why) or changed nothing
         # Only the namespace that ran the feed may change alarms of its own triggers.
-        trigger_ns = str((change or {}).get("trigger", "")).strip("/").split("/", 1)[0] if isinstance(change, dict) else ""
+        trigger_ns = str(change.get("trigger", "")).strip("/").split("/", 1)[0]
         if trigger_ns != record.get("namespace"):
             log.warning("alarm change for %s refused: the feed ran in %s", trigger_ns, record.get("namespace"))
             return
-        if record.get("response", {}).get("success") and isinstance(change, dict):
-            try:
-                await self.apply(change)
-            except SquallError as exc:
-                log.warning("alarm change refused: %s", exc.message)
+        try:
+            await self.apply(change)
+        except SquallError as exc:
+            log.warning("alarm change refused: %s", exc.message)
 
     async def apply(self, change: dict) -> None:
         trigger = str(change.get("trigger", "")).strip("/")
