@@ -253,7 +253,7 @@ def test_recorder_lets_records_gather_for_its_linger_and_times_only_the_write():
 
     async def scenario():
         store, writes = _FakeRecordStore(), []
-        recorder = Recorder(store, writers=2, max_records=10, max_bytes=5000, linger_s=0.05, observe=writes.append)
+        recorder = Recorder(store, writers=2, max_records=64, max_bytes=5000, linger_s=0.05, observe=writes.append)
 
         async def put_later(i: int, delay: float) -> None:
             await asyncio.sleep(delay)
@@ -263,6 +263,15 @@ def test_recorder_lets_records_gather_for_its_linger_and_times_only_the_write():
         assert store.batches == [["a0", "a1", "a2", "a3"]] and store.singles == []
         assert len(writes) == 4 and all(seconds < 0.05 for seconds in writes)   # the write, not the wait
         await recorder.close()
+        # A quarter of a batch gathered: written at once, however long the linger.
+        store = _FakeRecordStore()
+        recorder = Recorder(store, writers=1, max_records=8, max_bytes=5000, linger_s=30)
+        await asyncio.wait_for(asyncio.gather(*(put_on(recorder, i) for i in range(2))), 5)
+        assert store.batches == [["a0", "a1"]]
+        await recorder.close()
+
+    async def put_on(recorder, i: int) -> None:
+        await recorder.put({"activationId": f"a{i}"}, "x" * 100)
 
     asyncio.run(scenario())
 
