@@ -155,8 +155,8 @@ class InvokerConfig:
     # Activation records go to Cassandra in unlogged batches (see invoker/recorder.py): this many
     # batches in flight at once, each of at most this many records and about this many bytes
     # (keep it under the cluster's batch_size_fail_threshold, 50 KiB by default), gathered for
-    # this long before a batch is taken (0: at once). Callers have their results by then; only
-    # the message's ack waits.
+    # this long before a batch is taken, or until a quarter of a full batch is there (0: at
+    # once). Callers have their results by then; only the message's ack waits.
     record_writers: int = 2
     record_batch_max: int = 64
     record_batch_bytes: int = 40_000
