@@ -104,8 +104,9 @@ async def jetstream_publish_ms(cfg: SquallConfig, idle_s: float, n: int = 100) -
 
 async def throughput(apihost: str, auth: str, actions: list[str], seconds: float, concurrency: int,
                      cpu_ms: dict[str, float] | None = None) -> list[float]:
-    """Completed warm blocking invocations per second, per window: one caller per action (so each
-    has its warm container and none waits for a cold start), `concurrency` callers in all. With
+    """Completed warm blocking invocations per second, per window: `concurrency` callers spread
+    over the actions, each action with a warm container per caller first (none waits for a cold
+    start in the run). With
     cpu_ms, fills it with the CPU ms each kind of process spent per invocation while they ran
     (after warm-up)."""
     completed: list[float] = []
@@ -119,13 +120,17 @@ async def throughput(apihost: str, auth: str, actions: list[str], seconds: float
                 if r.status == 200:
                     completed.append(time.perf_counter())
 
+    async def once(session: aiohttp.ClientSession, action: str) -> None:
+        async with session.post(f"{apihost}/api/v1/namespaces/_/actions/{action}?blocking=true", json={}) as r:
+            await r.read()
+
     # (The header itself: aiohttp 3.13 deprecates its BasicAuth.)
     async with aiohttp.ClientSession(headers={"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()},
                                      connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        # Warm every action's container first.
-        for action in actions:
-            async with session.post(f"{apihost}/api/v1/namespaces/_/actions/{action}?blocking=true", json={}) as r:
-                await r.read()
+        # Warm as many containers of each action as it has callers (all callers at once, a few
+        # rounds): else an action with two callers starts its second container cold in the run.
+        for _ in range(3):
+            await asyncio.gather(*(once(session, actions[i % len(actions)]) for i in range(concurrency)))
         cpu_before = cpu_seconds()
         started = time.perf_counter()
         stop = started + seconds
