@@ -74,12 +74,7 @@ class InvokeStream:
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
                 # Each caller, this one too, hears it from its answer (raised here as well, this
                 # caller's answer would hold a failure nobody saw, which asyncio logs as an error).
-                failed = CallFailed(grpc.StatusCode.UNAVAILABLE, str(exc))
-                for c in calls:
-                    answer = self._pending.get(c.id)
-                    if answer is not None and not answer.done():
-                        answer.set_exception(failed)
-                self._broken(call)
+                self._broken(call, str(exc))
 
     def _open(self):
         if self._call is None:
@@ -101,9 +96,9 @@ class InvokeStream:
         finally:
             self._broken(call)
 
-    def _broken(self, call) -> None:
+    def _broken(self, call, why: str = "the controller's stream ended") -> None:
         """The stream ended: the next call opens another; the calls it carried fail (those
-        still queued go on the next one)."""
+        still queued go on the next one). (If it had ended already, they failed then.)"""
         if self._call is not call:
             return
         self._call = None
@@ -111,7 +106,7 @@ class InvokeStream:
         unsent = {c.id for c in self._queued}
         for call_id, answer in self._pending.items():
             if call_id not in unsent and not answer.done():
-                answer.set_exception(CallFailed(grpc.StatusCode.UNAVAILABLE, "the controller's stream ended"))
+                answer.set_exception(CallFailed(grpc.StatusCode.UNAVAILABLE, why))
 
     async def close(self) -> None:
         self._queued.clear()   # nothing more is sent: every call under way fails

@@ -266,12 +266,9 @@ def test_recorder_lets_records_gather_for_its_linger_and_times_only_the_write():
         # A quarter of a batch gathered: written at once, however long the linger.
         store = _FakeRecordStore()
         recorder = Recorder(store, writers=1, max_records=8, max_bytes=5000, linger_s=30)
-        await asyncio.wait_for(asyncio.gather(*(put_on(recorder, i) for i in range(2))), 5)
+        await asyncio.wait_for(asyncio.gather(*(put_later(i, 0) for i in range(2))), 5)
         assert store.batches == [["a0", "a1"]]
         await recorder.close()
-
-    async def put_on(recorder, i: int) -> None:
-        await recorder.put({"activationId": f"a{i}"}, "x" * 100)
 
     asyncio.run(scenario())
 
